@@ -1,0 +1,40 @@
+# Set-up and entry points. `make demo` and `make test` work on a fresh machine:
+# they create .venv, install torch first (the CPU build by default; override
+# TORCH_SPEC / TORCH_INDEX for CUDA), then the project with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+STAMP := $(VENV)/.installed
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint compile container-test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[demo,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/distilflow run
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check components pipeline.py tests benchmarks
+
+compile: setup
+	$(VENV)/bin/distilflow compile -o manifests/pipeline.yaml
+
+clean:
+	rm -rf runs mlruns mlartifacts mlflow.db .pytest_cache

