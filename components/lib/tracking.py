@@ -1,0 +1,191 @@
+"""MLflow at the edges: one nested run per step, model references, the tracking URI.
+
+The embedded default is a sqlite store in the run's work_dir (``mlflow.db`` + ``mlartifacts/``);
+``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` point at a shared server instead. A step nests
+under ``tracking.parent_run_id`` when the pipeline set one, and tags the KFP run id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from components.lib.config import PACKAGED_TEACHER, PipelineConfig
+from components.lib.errors import UserError
+
+log = logging.getLogger(__name__)
+MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cfg.work_dir).resolve() / 'mlflow.db'}"
+
+
+def _artifact_location(cfg: PipelineConfig, uri: str) -> str | None:
+    # A local sqlite store keeps its artifacts beside it; a server decides for itself.
+    if uri.startswith("sqlite:///") or uri.startswith("file:"):
+        return (Path(cfg.work_dir).resolve() / "mlartifacts").as_uri()
+    return None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def ensure_experiment(cfg: PipelineConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id (created if missing)."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=_artifact_location(cfg, uri))
+    except Exception:  # created concurrently by a sibling step
+        exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class StepTracker:
+    """Thin face over an active MLflow run; every call is a no-op when tracking is disabled."""
+
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        import mlflow
+
+        flat = {k: ("" if v is None else str(v)[:6000]) for k, v in _flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i : i + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.run_id is None:
+            return
+        import mlflow
+
+        flat = {k: float(v) for k, v in _flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if flat:
+            mlflow.log_metrics(flat, step=step)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.log_artifacts(str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.log_artifact(str(local_file), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextlib.contextmanager
+def step_run(cfg: PipelineConfig, step: str) -> Iterator[StepTracker]:
+    """An MLflow run for one step, nested under the pipeline's parent run when there is one."""
+    if not cfg.tracking.enabled:
+        yield StepTracker(None)
+        return
+    import mlflow
+
+    exp_id = ensure_experiment(cfg)
+    tags = {"distilflow.step": step, "distilflow.pipeline": cfg.name}
+    if cfg.tracking.kfp_run_id:
+        tags["kfp.run_id"] = cfg.tracking.kfp_run_id
+    if cfg.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+    # Our own run object, not the global active-run stack, so a step called inside another
+    # active run (tests, notebooks) still nests where the config says.
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    run = mlflow.start_run(experiment_id=exp_id, run_name=step, tags=tags)
+    status = "FAILED"
+    try:
+        yield StepTracker(run.info.run_id)
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
+
+
+def start_parent_run(cfg: PipelineConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """Create (and leave open) the pipeline's parent run; steps nest under its id."""
+    import mlflow
+
+    exp_id = ensure_experiment(cfg)
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    run = client.create_run(exp_id, run_name=run_name or cfg.name, tags={"distilflow.pipeline": cfg.name, **(tags or {})})
+    return run.info.run_id
+
+
+def end_parent_run(cfg: PipelineConfig, run_id: str, ok: bool) -> None:
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri(cfg)).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def resolve_model_ref(ref: str | Path, cfg: PipelineConfig) -> Path | str:
+    """A local dir, an MLflow URI (downloaded), the packaged teacher, or a hub name (returned as is)."""
+    ref = str(ref)
+    if ref == PACKAGED_TEACHER:
+        from components.lib.assets import packaged_teacher_dir
+
+        return packaged_teacher_dir()
+    if ref.startswith(MODEL_URI_SCHEMES):
+        import mlflow
+
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=tracking_uri(cfg))
+        except Exception as err:  # MlflowException, connection errors: a user-facing problem
+            raise UserError(f"{ref}: cannot download model from MLflow ({str(err).splitlines()[0]})") from None
+        return _model_dir_inside(Path(local))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{ref}: expected a model directory, found a file")
+        return path
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise UserError(f"{ref}: model directory not found")
+    return ref  # a hub name such as bert-base-uncased; transformers resolves it
+
+
+def _model_dir_inside(root: Path) -> Path:
+    """MLflow model folders keep the HF dir one level down (e.g. model/ or components/)."""
+    if (root / "config.json").exists():
+        return root
+    for child in sorted(root.rglob("config.json")):
+        if (child.parent / "model.safetensors").exists() or (child.parent / "pytorch_model.bin").exists():
+            return child.parent
+    return root
