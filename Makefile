@@ -36,5 +36,10 @@ lint: setup
 compile: setup
 	$(VENV)/bin/distilflow compile -o manifests/pipeline.yaml
 
+# Build the CPU image with podman (root + apt; no Docker engine needed) and run the pipeline in
+# real containers; ~10 minutes the first time on 2 cores. See docker/container_test.sh.
+container-test: setup
+	PYTHON=$(abspath $(PY)) bash docker/container_test.sh
+
 clean:
 	rm -rf runs mlruns mlartifacts mlflow.db .pytest_cache
