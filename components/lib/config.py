@@ -105,13 +105,15 @@ class TransferConfig(Strict):
 class StudentConfig(Strict):
     mode: StudentMode = Field(StudentMode.soft_repr, description="labels-only | hard | soft | soft+repr")
     baseline: bool = Field(True, description="also train the labels-only baseline for the report")
-    embed_dim: int = Field(128, ge=8, le=4096, description="student embedding width (SVD of the teacher's)")
+    embed_dim: int = Field(96, ge=8, le=4096, description="student embedding width (SVD of the teacher's)")
     embed_init: Literal["svd", "random"] = Field("svd", description="embedding initialisation")
-    hidden: int = Field(128, ge=8, le=4096, description="LSTM units per direction")
+    hidden: int = Field(96, ge=8, le=4096, description="LSTM units per direction")
     layers: int = Field(1, ge=1, le=8, description="stacked BiLSTM layers")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout on embeddings and the pooled vector")
     max_length: int = Field(256, ge=8, le=8192, description="student tokens per example")
     min_count: int = Field(1, ge=1, description="keep word pieces seen at least this often")
+    max_vocab: int | None = Field(16000, ge=16, description="cap on the trimmed vocabulary (most frequent pieces + specials); None keeps all")
+    transfer_val_fraction: float = Field(0.05, ge=0, lt=0.5, description="share of the transfer set held out to early-stop stage 1 (soft+repr)")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay")
     batch_size: int = Field(64, ge=1, description="examples per step")
@@ -124,6 +126,7 @@ class StudentConfig(Strict):
     repr_loss: Literal["mse", "cosine"] = Field("mse", description="representation matching loss")
     seed: int = Field(13, ge=0, description="seed")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device; auto picks cuda when available (CPU runs are deterministic)")
     output_dir: str | None = Field(None, description="student dirs, one per mode (default <work_dir>/student)")
 
 
@@ -143,6 +146,8 @@ class ExportConfig(Strict):
     register_model: bool = Field(True, description="register the pyfunc in the MLflow model registry")
     model_name: str = Field("distilflow-student", min_length=1, description="registered model name")
     min_retention: float = Field(0.97, ge=0, le=2, description="student/teacher accuracy needed for champion")
+    serve_int8: bool = Field(False, description="bundle the int8 ONNX (when kept) in the pyfunc instead of fp32")
+    num_threads: int | None = Field(None, ge=1, description="torch and ONNX Runtime CPU threads")
     output_dir: str | None = Field(None, description="export dir (default <work_dir>/export)")
 
 
