@@ -150,6 +150,28 @@ def start_parent_run(cfg: PipelineConfig, run_name: str | None = None, tags: Map
     return run.info.run_id
 
 
+def find_or_start_parent_run(cfg: PipelineConfig, kfp_run_id: str) -> str:
+    """The parent run tagged kfp.run_id=<id>, created by whichever step of that KFP run comes first.
+
+    On a cluster no CLI process spans the run, so steps meet on the tag. Should two steps race
+    to create it, both then pick the oldest tagged run, so they still nest under the same one.
+    """
+    import mlflow
+
+    exp_id = ensure_experiment(cfg)
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    query = f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`distilflow.role` = 'parent'"
+
+    def oldest() -> str | None:
+        runs = client.search_runs([exp_id], query, order_by=["attributes.start_time ASC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    if (found := oldest()) is not None:
+        return found
+    start_parent_run(cfg, tags={"kfp.run_id": kfp_run_id, "distilflow.role": "parent"})
+    return oldest() or ""
+
+
 def end_parent_run(cfg: PipelineConfig, run_id: str, ok: bool) -> None:
     import mlflow
 
@@ -166,6 +188,9 @@ def resolve_model_ref(ref: str | Path, cfg: PipelineConfig) -> Path | str:
     if ref.startswith(MODEL_URI_SCHEMES):
         import mlflow
 
+        # runs:/<id>/<name> of an MLflow 3 logged model is fetched through a models:/ repo that
+        # reads the *global* tracking URI, so set it too (else the download finds nothing).
+        mlflow.set_tracking_uri(tracking_uri(cfg))
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=tracking_uri(cfg))
         except Exception as err:  # MlflowException, connection errors: a user-facing problem
