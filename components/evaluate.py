@@ -1,0 +1,211 @@
+"""evaluate: the one step that reads the test split. Teacher vs student(s) vs baseline.
+
+Quality (accuracy, macro-F1, per class, confusion, agreement with the teacher, ECE), size
+(parameters, weights on disk, compression) and speed (examples/s at batch 256, p50/p95 latency
+at batch 1) are measured in this process on this machine: torch for the teacher, torch and ONNX
+Runtime for every student. Writes cfg.eval_dir atomically: report.json, report.md, PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from components.lib import data, report, tracking
+from components.lib.cli import step_main
+from components.lib.config import PipelineConfig, StudentMode
+from components.lib.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class EvalResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    report_path: str
+    teacher_accuracy: float
+    student_mode: str
+    student_accuracy: float
+    baseline_accuracy: float | None
+    retention: float
+    compression: float
+    speedup: float
+    speedup_onnx: float
+    students: list[str]
+
+
+def find_students(cfg: PipelineConfig, student_dirs: dict[str, Path] | None) -> dict[str, Path]:
+    """mode -> dir: the explicit mapping (kfp passes artifact paths), else every trained mode's dir."""
+    if student_dirs is not None:
+        dirs = {StudentMode(m).value: Path(p) for m, p in student_dirs.items()}
+        missing = [f"{m}: {p}" for m, p in dirs.items() if not (p / "config.json").exists()]
+        if missing:
+            raise UserError(f"student dir without config.json ({'; '.join(missing)})")
+    else:
+        dirs = {m.value: cfg.student_dir(m) for m in cfg.student_modes if (cfg.student_dir(m) / "config.json").exists()}
+    if not dirs:
+        expected = ", ".join(str(cfg.student_dir(m)) for m in cfg.student_modes)
+        raise UserError(f"no trained student found (looked in {expected}); run distill-student first")
+    return dirs
+
+
+def chosen_mode(cfg: PipelineConfig, modes: list[str]) -> str:
+    """The configured mode when it was evaluated, else the first distilled (non-baseline) one."""
+    if cfg.student.mode.value in modes:
+        return cfg.student.mode.value
+    distilled = [m for m in modes if m != StudentMode.labels_only.value]
+    return (distilled or modes)[0]
+
+
+def _timings(predict, texts: list[str], cfg: PipelineConfig) -> tuple[float, dict[str, float]]:
+    bs = cfg.evaluate.batch_size
+    return report.throughput(predict, report.repeat_to(texts, cfg.evaluate.throughput_rows), bs), \
+        report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
+
+
+def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, label_names: list[str]) -> tuple[dict, np.ndarray]:
+    from components.lib.teacher import count_parameters, label_names_of, load_teacher, score
+
+    ref = cfg.transfer.teacher or str(cfg.teacher_dir)
+    path = tracking.resolve_model_ref(ref, cfg)
+    if isinstance(path, Path) and not path.exists():
+        raise UserError(f"{path}: teacher not found (run finetune-teacher first or set transfer.teacher)")
+    model, tokenizer = load_teacher(path)
+    if label_names_of(model) != label_names:
+        raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
+    max_len, bs = cfg.teacher.max_length, cfg.evaluate.batch_size
+    t0 = time.perf_counter()
+    logits, _ = score(model, tokenizer, texts, max_len, bs)
+    log.info("teacher scored %d test texts in %.1fs", len(texts), time.perf_counter() - t0)
+    speed, lat = _timings(lambda b: score(model, tokenizer, b, max_len, bs), texts, cfg)
+    out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
+    out.update(model=ref, path=str(path), max_length=max_len, params=count_parameters(model),
+               size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
+               throughput=speed, latency_ms=lat)
+    log.info("teacher: accuracy %.4f, %.1f examples/s, p50 %.1f ms", out["accuracy"], speed, lat["p50"])
+    return out, logits
+
+
+def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: np.ndarray, label_names: list[str],
+                     teacher_logits: np.ndarray, scratch: Path) -> dict:
+    from components.export import export_onnx, onnx_predict_logits, ort_session
+    from components.lib.student_io import count_parameters, load_student, predict_logits
+
+    st = load_student(path)
+    if st.label_names != label_names:
+        raise UserError(f"{path}/config.json: label_names {st.label_names} differ from the test split's {label_names}")
+    bs = cfg.evaluate.batch_size
+    logits = predict_logits(st, texts, bs)
+    speed, lat = _timings(lambda b: predict_logits(st, b, bs), texts, cfg)
+    onnx_path = export_onnx(st, scratch / f"{st.mode.replace('+', '_')}.onnx", cfg.export.opset)
+    session = ort_session(onnx_path, cfg.evaluate.num_threads)
+    speed_onnx, lat_onnx = _timings(lambda b: onnx_predict_logits(session, st, b, bs), texts, cfg)
+    out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
+    out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=report.agreement(logits, teacher_logits),
+               params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
+               onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
+               throughput_onnx=speed_onnx, latency_ms_onnx=lat_onnx)
+    log.info("student %s: accuracy %.4f, agreement %.4f, %.1f examples/s torch, %.1f ONNX", st.mode,
+             out["accuracy"], out["agreement"], speed, speed_onnx)
+    return out
+
+
+def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
+                 test_rows: int, card: dict | None) -> dict:
+    mode = chosen_mode(cfg, list(students))
+    student = students[mode]
+    rep = {
+        "teacher": teacher,
+        "student": student,
+        "students": students,
+        "retention": student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0,
+        "params": {"teacher": teacher["params"], "student": student["params"]},
+        "compression": teacher["params"] / student["params"],
+        "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],
+                       "student_onnx": student["throughput_onnx"]},
+        "speedup": student["throughput"] / teacher["throughput"],
+        "speedup_onnx": student["throughput_onnx"] / teacher["throughput"],
+        "latency_ms": {"teacher": teacher["latency_ms"], "student": student["latency_ms"],
+                       "student_onnx": student["latency_ms_onnx"]},
+        "label_names": label_names,
+        "test_rows": test_rows,
+        "batch_size": cfg.evaluate.batch_size,
+        "throughput_rows": cfg.evaluate.throughput_rows,
+        "latency_runs": cfg.evaluate.latency_runs,
+        "data_card": card,
+        "environment": report.environment(),
+    }
+    baseline = StudentMode.labels_only.value
+    if mode != baseline and baseline in students:
+        rep["baseline"] = students[baseline]
+    return rep
+
+
+def write_outputs(rep: dict, out: Path) -> None:
+    """report.json, report.md and the plots into `out` (the caller's temp dir)."""
+    data.write_json(out / "report.json", rep)
+    student = rep["student"]
+    report.plot_confusion(student["confusion_matrix"], rep["label_names"],
+                          f"student {student['mode']}: accuracy {student['accuracy']:.3f}", out / "confusion_student.png")
+    report.plot_confusion(rep["teacher"]["confusion_matrix"], rep["label_names"],
+                          f"teacher: accuracy {rep['teacher']['accuracy']:.3f}", out / "confusion_teacher.png")
+    points = [("teacher (torch)", rep["teacher"]["throughput"], rep["teacher"]["accuracy"])]
+    for mode, m in rep["students"].items():
+        points += [(f"{mode} (torch)", m["throughput"], m["accuracy"]), (f"{mode} (ONNX)", m["throughput_onnx"], m["accuracy"])]
+    report.plot_accuracy_speed(points, f"accuracy vs speed, batch {rep['batch_size']}", out / "accuracy_vs_speed.png")
+    (out / "report.md").write_text(report.render_markdown(rep))
+
+
+def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> EvalResult:
+    import torch
+
+    if cfg.evaluate.num_threads:
+        torch.set_num_threads(cfg.evaluate.num_threads)
+    dirs = find_students(cfg, student_dirs)
+    test = data.read_labeled(cfg.data_dir / "test.parquet")
+    texts = test.table.column("text").to_pylist()
+    labels = np.asarray(test.table.column("label").to_pylist())
+    card_path = cfg.data_dir / "data_card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else None
+
+    with tracking.step_run(cfg, "evaluate") as tr:
+        tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()},
+                       "test_rows": len(texts)})
+        teacher, teacher_logits = evaluate_teacher(cfg, texts, labels, test.label_names)
+        with tempfile.TemporaryDirectory() as scratch:
+            students = {m: evaluate_student(cfg, p, texts, labels, test.label_names, teacher_logits, Path(scratch))
+                        for m, p in dirs.items()}
+        rep = build_report(cfg, teacher, students, test.label_names, len(texts), card)
+        with data.atomic_dir(cfg.eval_dir) as out:
+            write_outputs(rep, out)
+        logged = {k: rep[k] for k in ("teacher", "students", "retention", "params", "compression", "throughput",
+                                      "speedup", "speedup_onnx", "latency_ms")}
+        logged["student"] = {"accuracy": rep["student"]["accuracy"], "macro_f1": rep["student"]["macro_f1"]}
+        if "baseline" in rep:
+            logged["baseline"] = {"accuracy": rep["baseline"]["accuracy"], "macro_f1": rep["baseline"]["macro_f1"]}
+        tr.log_metrics(report.flat_metrics(logged))
+        tr.set_tags({"distilflow.student_mode": rep["student"]["mode"], "distilflow.cpu": rep["environment"]["cpu"]})
+        tr.log_artifacts(cfg.eval_dir, "eval")
+
+    log.info("retention %.4f, compression %.1fx, speed-up %.1fx (ONNX %.1fx); report %s", rep["retention"],
+             rep["compression"], rep["speedup"], rep["speedup_onnx"], cfg.eval_dir / "report.json")
+    return EvalResult(
+        report_path=str(cfg.eval_dir / "report.json"), teacher_accuracy=teacher["accuracy"],
+        student_mode=rep["student"]["mode"], student_accuracy=rep["student"]["accuracy"],
+        baseline_accuracy=rep["baseline"]["accuracy"] if "baseline" in rep else None, retention=rep["retention"],
+        compression=rep["compression"], speedup=rep["speedup"], speedup_onnx=rep["speedup_onnx"], students=list(students),
+    )
+
+
+def main(argv=None):
+    return step_main(run, "Evaluate teacher, student and baseline on the test split: quality, size, speed", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

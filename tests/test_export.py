@@ -1,0 +1,218 @@
+"""export: ONNX parity (and its failure), int8, the pyfunc over raw text, a run on a local sqlite store.
+
+Also home of the tiny-model builders the evaluate and registry tests share: a 2-layer BERT
+classifier (random, so it is a weak teacher) and BiLSTM students trained for a few steps on the
+synthetic topic task with the real MiniLM tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components.lib.config import PipelineConfig
+from tests.conftest import make_topic_texts, write_tiny_task
+
+LABELS = ["sport", "tech", "money"]  # the order make_topic_texts uses
+
+
+# ---------------------------------------------------------------- tiny models (shared)
+
+def build_tiny_student(out: Path, tokenizer_dir: Path, steps: int = 40, seed: int = 0, mode: str = "soft+repr") -> Path:
+    """A 16-wide BiLSTM over the trimmed MiniLM vocab, trained `steps` Adam steps on topic texts."""
+    from transformers import AutoTokenizer
+
+    from components.lib.student import BiLSTMStudent, StudentArch, VocabMap
+    from components.lib.student_io import encode, save_student, tokenize_ids
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts, labels, names = make_topic_texts(60, seed=7)
+    assert names == LABELS
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)
+    for ids in tokenize_ids(tok, texts, 64):
+        np.add.at(counts, ids, 1)
+    vocab = VocabMap.from_counts(counts, 1, None, [tok.cls_token_id, tok.sep_token_id], tok.pad_token_id, tok.unk_token_id)
+    arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32, num_labels=3)
+    torch.manual_seed(seed)
+    model = BiLSTMStudent(arch)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    y = torch.tensor(labels)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(texts), (32,), generator=gen)
+        ids, mask = encode((tok, vocab), [texts[i] for i in idx], 64)
+        loss = torch.nn.functional.cross_entropy(model.logits(ids, mask), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    save_student(out, model, arch, vocab, tok, names, mode, 64, teacher={"model": "tiny-bert"})
+    return out
+
+
+def build_tiny_teacher(out: Path, tokenizer_dir: Path, steps: int = 0) -> Path:
+    """A 2-layer, 32-wide BertForSequenceClassification over the task's labels, trained `steps` steps."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg)
+    texts, labels, _ = make_topic_texts(60, seed=7)
+    y = torch.tensor(labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(texts), (16,), generator=gen)
+        loss = model(**tok([texts[i] for i in idx], padding=True, return_tensors="pt"), labels=y[idx]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_work_dir(root: Path, tokenizer_dir: Path, students: dict[str, int], teacher_steps: int = 0) -> Path:
+    """work_dir with data/, teacher/ and student/<mode>/ (mode -> training steps), as the steps lay it out."""
+    write_tiny_task(root / "data")
+    build_tiny_teacher(root / "teacher", tokenizer_dir, teacher_steps)
+    for mode, steps in students.items():
+        build_tiny_student(root / "student" / mode.replace("+", "_"), tokenizer_dir, steps=steps, mode=mode)
+    return root
+
+
+def tiny_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineConfig:
+    raw = {
+        "work_dir": str(work_dir),
+        "evaluate": {"throughput_rows": 64, "latency_runs": 5, "num_threads": 1},
+        "export": {"num_threads": 1, "model_name": "tiny-student"},
+        "tracking": {"enabled": tracking_uri is not None, "uri": tracking_uri, "experiment": "tests"},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return PipelineConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
+    torch.set_num_threads(1)
+    return build_tiny_student(tmp_path_factory.mktemp("tiny-student") / "soft_repr", packaged_teacher_dir)
+
+
+@pytest.fixture(scope="session")
+def evaluated_work_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
+    """A work_dir after evaluate (tracking off): data, teacher, a trained soft+repr student, eval/."""
+    from components import evaluate
+
+    torch.set_num_threads(1)
+    root = make_work_dir(tmp_path_factory.mktemp("work"), packaged_teacher_dir, {"soft+repr": 40})
+    evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
+    return root
+
+
+# ---------------------------------------------------------------- tests
+
+def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
+    from components.export import check_parity, export_onnx, onnx_predict_logits, ort_session, quantize_int8
+    from components.lib.student_io import encode, load_student, predict_logits
+
+    st = load_student(tiny_student_dir)
+    texts, labels, _ = make_topic_texts(20, seed=0)
+    path = export_onnx(st, tmp_path / "m.onnx", 17)
+    sess = ort_session(path, 1)
+    assert check_parity(st, sess, texts) <= 1e-4
+    # Dynamic batch and sequence: shapes never seen at export time give the torch numbers.
+    for batch in (texts[:1], texts[:7], [" ".join(texts[:5])]):
+        ids, mask = encode(st, batch)
+        got = sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        assert got.shape == (len(batch), 3)
+        np.testing.assert_allclose(got, st.model.logits(ids, mask).detach().numpy(), atol=1e-4)
+    ref = predict_logits(st, texts)
+    np.testing.assert_allclose(onnx_predict_logits(sess, st, texts), ref, atol=1e-4)
+    acc = (ref.argmax(1) == np.array(labels)).mean()
+    assert acc > 0.6  # the tiny student learned the task, so the int8 comparison means something
+    q = quantize_int8(path, tmp_path / "m8.onnx")
+    assert q.stat().st_size < path.stat().st_size
+    acc8 = (onnx_predict_logits(ort_session(q, 1), st, texts).argmax(1) == np.array(labels)).mean()
+    assert acc8 >= acc - 0.05
+
+
+def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
+    from components.export import ParityError, check_parity, export_onnx, ort_session
+    from components.lib.student_io import load_student
+
+    st = load_student(tiny_student_dir)
+    sess = ort_session(export_onnx(st, tmp_path / "m.onnx", 17), 1)
+    with torch.no_grad():  # the torch model drifts away from what was exported
+        st.model.classifier.bias.add_(torch.tensor([0.0, 0.0, 50.0]))
+    with pytest.raises(ParityError, match="max \\|Δlogit\\|"):
+        check_parity(st, sess, make_topic_texts(5, seed=1)[0])
+
+
+def test_pyfunc_takes_raw_text_and_matches_the_student(tiny_student_dir, tmp_path):
+    from components.export import export_onnx, pyfunc_bundle
+    from components.lib.pyfunc import StudentTextClassifier
+    from components.lib.student_io import load_student, predict_logits
+
+    st = load_student(tiny_student_dir)
+    bundle = pyfunc_bundle(tiny_student_dir, export_onnx(st, tmp_path / "model.onnx", 17), st, tmp_path / "student")
+    assert not list(bundle.glob("*.safetensors"))  # ONNX only: no torch needed to serve
+    model = StudentTextClassifier()
+    model._load(bundle)
+    texts = make_topic_texts(10, seed=3)[0] + ["", "a text with zzqxj unknownpieces " * 40]
+    ref = predict_logits(st, texts)
+    np.testing.assert_allclose(model.logits(texts), ref, atol=1e-4)
+    out = model.predict(None, pd.DataFrame({"text": texts}))
+    assert out["label"].tolist() == [LABELS[i] for i in ref.argmax(1)]
+    probs = out[[f"prob_{n}" for n in LABELS]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(out["score"], probs.max(1))
+    assert model.predict(None, texts[:3])["label"].tolist() == out["label"].tolist()[:3]
+    assert model.predict(None, texts[0])["label"].tolist() == out["label"].tolist()[:1]
+
+
+@pytest.mark.integration
+def test_export_run_on_a_local_sqlite_store(evaluated_work_dir, tmp_path):
+    import mlflow
+
+    from components import export
+
+    cfg = tiny_cfg(evaluated_work_dir, f"sqlite:///{tmp_path / 'mlflow.db'}", export={"min_retention": 0.5})
+    res = export.run(cfg)
+    summary = json.loads((cfg.export_dir / "export_summary.json").read_text())
+    assert res.parity_max_abs_diff <= 1e-4 and summary["onnx"]["parity_max_abs_diff"] == res.parity_max_abs_diff
+    assert res.int8_kept == (Path(cfg.export_dir / "model.int8.onnx").exists())
+    assert res.accuracy_int8 is not None and summary["int8"]["throughput"] > 0
+    assert res.registered_version == "1" and res.champion and res.gate_reason is None
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mv = client.get_model_version_by_alias("tiny-student", "champion")
+    assert mv.version == 1 or str(mv.version) == "1"
+    assert mv.tags["mode"] == "soft+repr" and float(mv.tags["accuracy"]) == pytest.approx(summary["accuracy"], abs=1e-6)
+    assert len(mv.tags["data_card_sha256"]) in (0, 64)
+    loaded = mlflow.pyfunc.load_model(str(cfg.export_dir / "pyfunc"))
+    assert set(loaded.predict(pd.DataFrame({"text": ["goal striker cup", "bank loan tax"]}))["label"]) <= set(LABELS)
+
+
+def test_export_without_tracking_saves_the_pyfunc_and_registers_nothing(evaluated_work_dir, tmp_path):
+    from components import export
+
+    cfg = tiny_cfg(evaluated_work_dir, None, export={"output_dir": str(tmp_path / "export"), "quantize": False})
+    res = export.run(cfg)
+    assert res.registered_version is None and not res.champion and "tracking disabled" in res.gate_reason
+    assert (tmp_path / "export" / "pyfunc" / "MLmodel").exists() and res.onnx_int8_path is None
+
+
+def test_export_needs_the_report(tmp_path, packaged_teacher_dir):
+    from components import export
+    from components.lib.errors import UserError
+
+    root = make_work_dir(tmp_path / "w", packaged_teacher_dir, {"soft+repr": 0})
+    with pytest.raises(UserError, match="report.json: not found"):
+        export.run(tiny_cfg(root, None))

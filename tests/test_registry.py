@@ -1,0 +1,139 @@
+"""The registry quality gate, against a real `mlflow server` (sqlite backend, served artifacts).
+
+A version is always registered; `champion` moves only when retention >= export.min_retention and
+the test accuracy is not below the current champion's. The champion then loads by alias in a
+fresh Python process that has no access to this repository's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.export import gate
+from tests.conftest import write_tiny_task
+from tests.mlflow_server import mlflow_server  # noqa: F401 - the session fixture
+from tests.test_export import LABELS, build_tiny_student, build_tiny_teacher, tiny_cfg
+
+NAME = "tiny-registry"
+
+
+def test_gate_rules():
+    assert gate(0.90, 0.98, 0.97, None, None) is None  # first version, good enough
+    assert gate(0.90, 0.98, 0.97, 0.90, "1") is None  # equal to the champion is not below it
+    assert "retention 0.9000 < export.min_retention 0.9700" in gate(0.95, 0.90, 0.97, None, None)
+    assert "below champion v3 (0.9200)" in gate(0.91, 0.99, 0.97, 0.92, "3")
+    both = gate(0.5, 0.5, 0.97, 0.9, "1")
+    assert "retention" in both and "champion" in both
+
+
+@pytest.fixture(scope="module")
+def work_dirs(tmp_path_factory, packaged_teacher_dir):
+    """Two evaluated work dirs sharing a trained tiny teacher: a good student and a worse one."""
+    from components import evaluate
+
+    torch.set_num_threads(1)
+    teacher = build_tiny_teacher(tmp_path_factory.mktemp("teacher") / "teacher", packaged_teacher_dir, steps=40)
+    dirs = {}
+    for name, steps in (("good", 40), ("worse", 2)):
+        root = tmp_path_factory.mktemp(name)
+        write_tiny_task(root / "data")
+        shutil.copytree(teacher, root / "teacher")
+        build_tiny_student(root / "student" / "soft_repr", packaged_teacher_dir, steps=steps)
+        # Tracking off here: only export's runs and registrations are under test.
+        evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
+        dirs[name] = root
+    return dirs
+
+
+def _accuracy(root: Path) -> tuple[float, float]:
+    rep = json.loads((root / "eval" / "report.json").read_text())
+    return rep["student"]["accuracy"], rep["retention"]
+
+
+@pytest.mark.integration
+def test_champion_moves_only_when_the_gate_holds(work_dirs, mlflow_server, tmp_path):  # noqa: F811
+    import mlflow
+
+    from components import export
+
+    good, worse = work_dirs["good"], work_dirs["worse"]
+    (good_acc, good_ret), (worse_acc, _) = _accuracy(good), _accuracy(worse)
+    assert worse_acc < good_acc and 1.0 < good_ret < 2.0  # preconditions of the scenario below
+    client = mlflow.MlflowClient(mlflow_server)
+
+    def export_run(root: Path, **ec):
+        return export.run(tiny_cfg(root, mlflow_server, export={"model_name": NAME, "quantize": False,
+                                                                 "output_dir": str(tmp_path / f"export-{len(ec)}-{root.name}"), **ec},
+                                   tracking={"kfp_run_id": "kfp-run-123"}))
+
+    first = export_run(good)
+    assert (first.registered_version, first.champion, first.gate_reason) == ("1", True, None)
+    mv = client.get_model_version_by_alias(NAME, "champion")
+    assert str(mv.version) == "1"
+    assert mv.tags["kfp_run_id"] == "kfp-run-123" and mv.tags["mode"] == "soft+repr"
+    assert float(mv.tags["accuracy"]) == pytest.approx(good_acc, abs=1e-6)
+    assert float(mv.tags["retention"]) == pytest.approx(good_ret, abs=1e-6)
+    assert mv.tags["teacher"] and len(mv.tags["data_card_sha256"]) in (0, 64)
+
+    # A worse model is registered but does not take the alias; the reason is returned and logged.
+    # (min_retention lowered so that only the champion comparison blocks it.)
+    second = export_run(worse, min_retention=0.1)
+    assert second.registered_version == "2" and not second.champion
+    assert second.gate_reason == f"test accuracy {worse_acc:.4f} below champion v1 ({good_acc:.4f})"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert client.get_model_version(NAME, "2").tags["distilflow.gate"].startswith("failed: test accuracy")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                                filter_string="tags.`distilflow.step` = 'export' and tags.`distilflow.gate` LIKE '%below champion%'")
+    assert run.data.tags["distilflow.champion"] == "False"
+
+    # Low retention (here: a bar above what the student reaches) blocks the alias too.
+    third = export_run(good, min_retention=1.9)
+    assert third.registered_version == "3" and not third.champion
+    assert "retention" in third.gate_reason and "1.9000" in third.gate_reason
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+    # As good as the champion and past the bar: the alias moves.
+    fourth = export_run(good)
+    assert fourth.registered_version == "4" and fourth.champion
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "4"
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 4
+
+
+@pytest.mark.integration
+def test_champion_loads_by_alias_in_a_fresh_process(work_dirs, mlflow_server, tmp_path):  # noqa: F811
+    from components import export
+
+    res = export.run(tiny_cfg(work_dirs["good"], mlflow_server,
+                              export={"model_name": NAME + "-serve", "output_dir": str(tmp_path / "export")}))
+    assert res.champion
+    script = textwrap.dedent(f"""
+        import json, sys
+        assert "components" not in sys.modules
+        import mlflow.pyfunc
+        import pandas as pd
+        model = mlflow.pyfunc.load_model("models:/{NAME}-serve@champion")
+        texts = ["goal striker cup league coach", "bank shares profit loan tax", "chip laptop server code"]
+        out = model.predict(texts)
+        assert model.predict(pd.DataFrame({{"text": texts}}))["label"].tolist() == out["label"].tolist()
+        assert model.predict({{"text": texts}})["label"].tolist() == out["label"].tolist()
+        print(json.dumps({{"labels": out["label"].tolist(), "cols": list(out.columns),
+                           "module": type(model.unwrap_python_model()).__module__,
+                           "file": sys.modules[type(model.unwrap_python_model()).__module__].__file__}}))
+    """)
+    # cwd outside the repo and no PYTHONPATH: the class must come from the model's code_paths.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": mlflow_server}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(got["labels"]) == 3 and set(got["labels"]) <= set(LABELS)
+    assert got["cols"] == ["label", "score"] + [f"prob_{n}" for n in LABELS]
+    assert got["module"] == "components.lib.pyfunc" and str(tmp_path) not in got["file"] and "/code/" in got["file"]
