@@ -1,0 +1,377 @@
+"""The distilflow DAG (Kubeflow Pipelines v2) and the `distilflow` CLI: run | compile | submit.
+
+    prepare-data -> finetune-teacher -> pseudo-label-transfer-set (ParallelFor over shards)
+      -> merge-pseudo-labels (Collected) -> distill-student (one task per mode) -> evaluate -> export
+
+The config is the pipeline's one parameter (`config_json`); its compile-time value shapes the
+DAG (shard count, student modes, Kubernetes settings) and is the parameter's default, so a
+submitted run can change hyper-parameters but not the DAG's shape.
+
+MLflow: one parent run per pipeline run, one nested run per step (tracking.step_run). Locally
+the CLI creates the parent and hands its id to the steps through the environment; on a cluster
+each pod reads its KFP run id from the `pipeline/runid` pod label and the first step creates the
+parent run tagged with it (see components/kfp_components.py). Ids never travel as parameters,
+so they do not break caching.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact, Model
+
+from components.kfp_components import STUDENT_INPUTS, make_components
+from components.lib.cli import add_config_args, run_guarded
+from components.lib.config import KubernetesConfig, PipelineConfig, config_to_json, load_config
+from components.lib.errors import UserError
+
+HF_HOME = "/cache/huggingface"
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # set on every pod by the KFP API server
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifests" / "pipeline.yaml"
+
+
+class Outputs(NamedTuple):
+    evaluation: Artifact
+    exported: Model
+
+
+def configure_task(task: dsl.PipelineTask, step: str, k8s: KubernetesConfig, local: bool, salt: str | None):
+    """Resources, scheduling, retries, caching and env of one task, from cfg.kubernetes."""
+    task.set_caching_options(k8s.caching)
+    task.set_cpu_request(k8s.cpu_request).set_cpu_limit(k8s.cpu_limit)
+    task.set_memory_request(k8s.memory_request).set_memory_limit(k8s.memory_limit)
+    if step in k8s.gpu_steps and k8s.accelerator_count > 0:
+        task.set_accelerator_type(k8s.accelerator_type).set_accelerator_limit(k8s.accelerator_count)
+        for key, value in sorted(k8s.node_selector.items()):
+            kubernetes.add_node_selector(task, key, value)
+        for tol in k8s.tolerations:
+            kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+        if k8s.retries:
+            task.set_retry(k8s.retries, backoff_duration="60s", backoff_factor=2.0)
+    if salt:  # local runs only: code + external inputs the kfp.local cache key cannot see
+        task.set_env_variable("DISTILFLOW_CACHE_SALT", salt)
+    if local:
+        return task  # the rest names cluster objects; kfp.local would ignore it (or, HF_HOME, break it)
+    if k8s.hf_cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=k8s.hf_cache_pvc, mount_path=HF_HOME)
+        task.set_env_variable("HF_HOME", HF_HOME)
+    kubernetes.use_config_map_as_env(task, k8s.mlflow_configmap, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
+    if k8s.mlflow_secret:  # optional: a server without auth needs no secret
+        kubernetes.use_secret_as_env(task, k8s.mlflow_secret, {k: k for k in MLFLOW_SECRET_KEYS}, optional=True)
+    kubernetes.use_field_path_as_env(task, "KFP_RUN_ID", RUN_ID_FIELD)
+    return task
+
+
+def build_pipeline(cfg: PipelineConfig, image: str | None = None, local: bool = False,
+                   cache_salts: dict[str, str] | None = None):
+    """The @dsl.pipeline for this config (shape from cfg, hyper-parameters from config_json)."""
+    comps = make_components(image or cfg.kubernetes.image)
+    k8s = cfg.kubernetes
+    salts = cache_salts or {}
+    default_json = config_to_json(cfg.with_overrides({"tracking.parent_run_id": None, "tracking.kfp_run_id": None}))
+    shards = list(range(cfg.transfer.num_shards))
+    modes = [m.value for m in cfg.student_modes]
+
+    def setup(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
+        return configure_task(task, step, k8s, local, salts.get(step))
+
+    @dsl.pipeline(name=cfg.name, description="Distil a fine-tuned Transformer encoder into a BiLSTM student.")
+    def distilflow(config_json: str = default_json) -> Outputs:
+        data = setup(comps.prepare_data(config_json=config_json), "prepare-data").outputs["data"]
+        teacher = setup(comps.finetune_teacher(config_json=config_json, data=data), "finetune-teacher").outputs["teacher"]
+        with dsl.ParallelFor(items=shards, parallelism=k8s.parallelism, name="pseudo-label-shards") as shard_index:
+            shard = setup(comps.pseudo_label_transfer_set(
+                config_json=config_json, shard_index=shard_index, num_shards=len(shards), data=data, teacher=teacher,
+            ), "pseudo-label-transfer-set")
+        pseudo = setup(comps.merge_pseudo_labels(
+            config_json=config_json, data=data, shards=dsl.Collected(shard.outputs["shard"]),
+        ), "merge-pseudo-labels").outputs["pseudo"]
+        students = {}
+        for mode in modes:
+            task = setup(comps.distill_student(config_json=config_json, mode=mode, data=data, teacher=teacher,
+                                               pseudo=pseudo), "distill-student")
+            students[mode] = task.set_display_name(f"distill-student ({mode})").outputs["student"]
+        evaluation = setup(comps.evaluate(
+            config_json=config_json, data=data, teacher=teacher, **{STUDENT_INPUTS[m]: s for m, s in students.items()},
+        ), "evaluate").outputs["evaluation"]
+        exported = setup(comps.export(
+            config_json=config_json, data=data, teacher=teacher, student=students[cfg.student.mode.value],
+            evaluation=evaluation,
+        ), "export").outputs["exported"]
+        return Outputs(evaluation=evaluation, exported=exported)
+
+    return distilflow
+
+
+# ---------------------------------------------------------------- compile
+
+def compile_pipeline(cfg: PipelineConfig, out: Path, image: str | None = None) -> Path:
+    """Write the pipeline spec YAML (deterministic: same config and code, same bytes)."""
+    if image:
+        cfg = cfg.with_overrides({"kubernetes.image": image})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiler.Compiler().compile(build_pipeline(cfg), package_path=str(out))
+    return out
+
+
+# ---------------------------------------------------------------- local run
+
+class _TaskLog(logging.Filter):
+    """Sees kfp.local's 'Executing task' / 'cache hit' records on the root logger."""
+
+    _ansi = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self):
+        super().__init__()
+        self.executed: list[str] = []
+        self.cached: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = self._ansi.sub("", str(record.getMessage()))
+        if m := re.match(r"Executing task '([^']+)'", msg):
+            self.executed.append(m.group(1))
+        elif m := re.match(r"Task (\S+) cache hit", msg):
+            self.cached.append(m.group(1))
+        return True
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    from components.lib.data import atomic_dir
+
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+def run_local(cfg: PipelineConfig, runner: str = "subprocess") -> dict:
+    """The whole DAG under kfp.local; returns what it wrote (also <work_dir>/last_run.json)."""
+    work = Path(cfg.work_dir).resolve()
+    cfg = cfg.with_overrides({"work_dir": str(work)})  # steps (and containers) see one absolute path
+    run_id = f"local-{uuid.uuid4().hex[:12]}"
+    project = str(Path(__file__).resolve().parent)
+    with _scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None,
+                     PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))):
+        return _run_local(cfg, runner, work, run_id)
+
+
+@contextlib.contextmanager
+def _scoped_env(**values: str | None):
+    """Set (or, for None, unset) environment variables for the block; the task subprocesses inherit them."""
+    def apply(items: dict[str, str | None]) -> None:
+        for key, value in items.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    saved = {k: os.environ.get(k) for k in values}
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(saved)
+
+
+def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dict:
+    from kfp import local
+
+    from components.lib import tracking
+    from components.lib.fingerprint import cache_salts
+    from components.lib.summary import run_footer, summary_table
+
+    parent = None
+    if cfg.tracking.enabled:
+        parent = tracking.start_parent_run(cfg, run_name=f"{cfg.name} {run_id}", tags={
+            "kfp.run_id": run_id, "distilflow.role": "parent", "distilflow.runner": runner})
+        os.environ["DISTILFLOW_PARENT_RUN_ID"] = parent
+    if runner == "docker":
+        if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+            raise UserError("--runner docker: no Docker engine (set DOCKER_HOST, e.g. unix:///tmp/podman.sock)")
+        import docker
+
+        # work_dir holds the sqlite MLflow store the steps log to; kfp mounts only pipeline_root itself.
+        # The image runs as UID 1000; run as the host user so the containers can write the
+        # bind-mounted work_dir (and its files stay the user's).
+        runner_obj = local.DockerRunner(
+            user=f"{os.getuid()}:{os.getgid()}",
+            mounts=[docker.types.Mount(target=str(work), source=str(work), type="bind")],
+            environment={k: os.environ[k] for k in ("DISTILFLOW_KFP_RUN_ID", "DISTILFLOW_PARENT_RUN_ID") if k in os.environ},
+        )
+    else:
+        runner_obj = local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner_obj, pipeline_root=str(work / "kfp"), enable_caching=cfg.kubernetes.caching,
+               raise_on_error=True)
+    salts = cache_salts(cfg) if cfg.kubernetes.caching else None
+    pipeline_fn = build_pipeline(cfg, local=True, cache_salts=salts)
+    task_log = _TaskLog()
+    root = logging.getLogger()
+    root.addFilter(task_log)
+    level = root.level
+    root.setLevel(logging.INFO)  # kfp.local logs its cache hits at INFO on the root logger
+    start = time.perf_counter()
+    ok = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outputs = pipeline_fn(config_json=config_to_json(cfg.with_overrides({"tracking.parent_run_id": None}))).outputs
+        ok = True
+    except RuntimeError as err:
+        why = _TaskLog._ansi.sub("", str(err)).splitlines()[0]
+        raise UserError(f"pipeline {cfg.name} failed: {why} (its log is above)") from None
+    finally:
+        root.removeFilter(task_log)
+        root.setLevel(level)
+        if parent and not ok:
+            tracking.end_parent_run(cfg, parent, ok=False)
+    seconds = time.perf_counter() - start
+    _copy_dir(Path(outputs["evaluation"].path), cfg.eval_dir)
+    _copy_dir(Path(outputs["exported"].path), cfg.export_dir)
+    report_path = cfg.eval_dir / "report.json"
+    report = json.loads(report_path.read_text())
+    cached = sorted(set(task_log.cached))
+    executed = sorted(set(task_log.executed))
+    summary = {
+        "kfp_run_id": run_id, "parent_run_id": parent, "seconds": round(seconds, 1), "runner": runner,
+        "executed": executed, "cached": cached, "report": str(report_path),
+        "artifacts": {"evaluation": outputs["evaluation"].path, "exported": outputs["exported"].path},
+        "tracking_uri": tracking.tracking_uri(cfg) if cfg.tracking.enabled else None,
+    }
+    (work / "last_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if parent:
+        _log_parent(cfg, parent, report, summary)
+    print("\n" + summary_table(report))
+    print(run_footer(seconds, cached, executed, str(report_path)))
+    return summary
+
+
+def _log_parent(cfg: PipelineConfig, parent: str, report: dict, summary: dict) -> None:
+    import mlflow
+
+    from components.lib import tracking
+
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    headline = {
+        "teacher.accuracy": (report.get("teacher") or {}).get("accuracy"),
+        "student.accuracy": (report.get("student") or {}).get("accuracy"),
+        "baseline.accuracy": (report.get("baseline") or {}).get("accuracy"),
+        "retention": report.get("retention"), "compression": report.get("compression"),
+        "speedup": report.get("speedup"), "pipeline_seconds": summary["seconds"],
+    }
+    for key, value in headline.items():
+        if isinstance(value, int | float):
+            client.log_metric(parent, key, float(value))
+    client.set_tag(parent, "distilflow.cached_steps", ",".join(summary["cached"]) or "none")
+    client.log_artifact(parent, summary["report"])
+    tracking.end_parent_run(cfg, parent, ok=True)
+
+
+# ---------------------------------------------------------------- submit
+
+def _api_error(host: str, err: Exception) -> UserError:
+    status = getattr(err, "status", None)
+    if status:
+        return UserError(f"{host}: the KFP API refused the request (HTTP {status} {getattr(err, 'reason', '')})".rstrip())
+    reason = getattr(err, "reason", None) or err
+    return UserError(f"{host}: cannot reach the KFP API ({str(reason).splitlines()[0]})")
+
+
+def check_host(host: str, timeout: float = 10.0) -> None:
+    """Fail fast with one line (kfp.Client retries its health check for ~25 s and logs tracebacks)."""
+    import urllib.error
+    import urllib.request
+
+    if not host.startswith(("http://", "https://")):
+        raise UserError(f"--host {host}: expected an http:// or https:// URL")
+    try:
+        with urllib.request.urlopen(f"{host.rstrip('/')}/apis/v2beta1/healthz", timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as err:
+        raise UserError(f"{host}: the KFP API refused the request (HTTP {err.code} {err.reason})") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise _api_error(host, err) from None
+
+
+def submit(cfg: PipelineConfig, host: str, experiment: str | None = None, run_name: str | None = None,
+           image: str | None = None) -> dict:
+    """Compile and start a run on a KFP cluster; returns the run id and its UI URL."""
+    import kfp
+    import kfp_server_api
+    import urllib3
+
+    check_host(host)
+    if image:
+        cfg = cfg.with_overrides({"kubernetes.image": image})
+    run_name = run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the client prints its own links
+                client = kfp.Client(host=host)
+                result = client.create_run_from_pipeline_package(
+                    str(package), arguments={"config_json": config_to_json(cfg)}, run_name=run_name,
+                    experiment_name=experiment or cfg.tracking.experiment)
+        except kfp_server_api.ApiException as err:
+            raise _api_error(host, err) from None
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise _api_error(host, err) from None
+    run_id = result.run_id
+    return {"run_id": run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run_id}", "run_name": run_name}
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distilflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run the whole DAG locally (kfp.local), print a summary")
+    add_config_args(p_run)
+    p_run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                       help="subprocess (this venv) or docker (the image, via DOCKER_HOST)")
+    p_compile = sub.add_parser("compile", help="compile the DAG to a KFP pipeline spec YAML")
+    add_config_args(p_compile)
+    p_compile.add_argument("-o", "--output", default=str(DEFAULT_MANIFEST), help="output YAML path")
+    p_compile.add_argument("--image", default=None, help="image for every step (default kubernetes.image)")
+    p_submit = sub.add_parser("submit", help="start a run on a KFP cluster")
+    add_config_args(p_submit)
+    p_submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p_submit.add_argument("--experiment", default=None, help="KFP experiment (default tracking.experiment)")
+    p_submit.add_argument("--run-name", default=None, help="run display name")
+    p_submit.add_argument("--image", default=None, help="image for every step (default kubernetes.image)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    def dispatch():
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "run":
+            run_local(cfg, args.runner)
+            return None
+        if args.command == "compile":
+            out = compile_pipeline(cfg, Path(args.output), args.image)
+            print(f"wrote {out}")
+            return None
+        result = submit(cfg, args.host, args.experiment, args.run_name, args.image)
+        print(f"run id: {result['run_id']}\nurl: {result['url']}")
+        return None
+
+    return run_guarded(dispatch)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""`distilflow submit` against a fake KFP REST API on 127.0.0.1 (an http.server in a thread that
+answers the v2beta1 endpoints kfp.Client uses), and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+import pipeline
+from components.lib.config import DEFAULT_CONFIG, load_config
+
+
+class FakeKFP(BaseHTTPRequestHandler):
+    """Records every request; `fail` maps a path prefix to an HTTP status to answer instead."""
+
+    requests: list[tuple[str, str, dict | None]] = []
+    fail: dict[str, int] = {}
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.requests.append((method, self.path, body))
+        path = urlparse(self.path).path
+        for prefix, status in self.fail.items():
+            if path.startswith(prefix):
+                return self._reply(status, {"error_message": "boom", "code": 13})
+        if method == "GET" and path == "/apis/v2beta1/healthz":
+            return self._reply(200, {"multi_user": False, "pipeline_store": "database"})
+        if method == "GET" and path == "/apis/v2beta1/experiments":
+            return self._reply(200, {"experiments": [], "total_size": 0})
+        if method == "POST" and path == "/apis/v2beta1/experiments":
+            return self._reply(200, {"experiment_id": "exp-42", "display_name": body["display_name"]})
+        if method == "POST" and path == "/apis/v2beta1/runs":
+            return self._reply(200, {"run_id": "run-1234", "display_name": body["display_name"],
+                                     "experiment_id": body["experiment_id"], "state": "PENDING"})
+        return self._reply(404, {"error_message": f"no route {method} {path}"})
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+
+@pytest.fixture()
+def fake_kfp():
+    FakeKFP.requests, FakeKFP.fail = [], {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKFP)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", FakeKFP
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_posts_the_compiled_spec_and_config(fake_kfp, capsys):
+    host, fake = fake_kfp
+    code = pipeline.main(["submit", "--host", host, "--experiment", "nightly", "--run-name", "r1",
+                          "--set", "student.hidden=64", "--set", "transfer.num_shards=2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "run id: run-1234" in out and f"url: {host}/#/runs/details/run-1234" in out
+
+    posted = {(m, urlparse(p).path): b for m, p, b in fake.requests}
+    assert ("GET", "/apis/v2beta1/healthz") in posted
+    lookup = next(p for m, p, _ in fake.requests if m == "GET" and urlparse(p).path == "/apis/v2beta1/experiments")
+    assert "nightly" in parse_qs(urlparse(lookup).query)["filter"][0]
+    assert posted[("POST", "/apis/v2beta1/experiments")]["display_name"] == "nightly"
+
+    run = posted[("POST", "/apis/v2beta1/runs")]
+    assert run["display_name"] == "r1" and run["experiment_id"] == "exp-42"
+    submitted = json.loads(run["runtime_config"]["parameters"]["config_json"])
+    assert submitted["student"]["hidden"] == 64 and submitted["transfer"]["num_shards"] == 2
+    spec = run["pipeline_spec"]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "distilflow-demo"
+    tasks = spec["root"]["dag"]["tasks"]
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)
+    assert yaml.safe_load(loop["parameterIterator"]["items"]["raw"]) == [0, 1]
+    assert tasks["finetune-teacher"]["dependentTasks"] == ["prepare-data"]
+    platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-finetune-teacher"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_submit_image_override_reaches_every_executor(fake_kfp, capsys):
+    host, fake = fake_kfp
+    assert pipeline.main(["submit", "--host", host, "--image", "registry.local/df:test"]) == 0
+    run = next(b for m, p, b in fake.requests if m == "POST" and urlparse(p).path == "/apis/v2beta1/runs")
+    executors = run["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.local/df:test"}
+
+
+def test_submit_nothing_listening_is_one_line(capsys):
+    start = time.monotonic()
+    host = f"http://127.0.0.1:{free_port()}"
+    assert pipeline.main(["submit", "--host", host]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and "cannot reach the KFP API" in err and host in err
+    assert time.monotonic() - start < 15
+
+
+def test_submit_server_error_is_one_line(fake_kfp, capsys):
+    host, fake = fake_kfp
+    fake.fail = {"/apis/v2beta1/healthz": 500}
+    assert pipeline.main(["submit", "--host", host]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "HTTP 500" in err and host in err
+
+
+def test_submit_refused_run_is_one_line(fake_kfp, capsys):
+    host, fake = fake_kfp
+    fake.fail = {"/apis/v2beta1/runs": 403}
+    assert pipeline.main(["submit", "--host", host]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "HTTP 403" in err
+
+
+def test_submit_rejects_a_host_without_scheme(capsys):
+    assert pipeline.main(["submit", "--host", "kfp.example:8080"]) == 2
+    assert "http://" in capsys.readouterr().err
+
+
+def test_submit_function_returns_run(fake_kfp):
+    host, _ = fake_kfp
+    result = pipeline.submit(load_config(DEFAULT_CONFIG), host, run_name="x")
+    assert result == {"run_id": "run-1234", "url": f"{host}/#/runs/details/run-1234", "run_name": "x"}
