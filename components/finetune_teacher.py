@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import set_seed
 from pydantic import BaseModel, ConfigDict
 
 from components.lib import data, tracking
@@ -155,6 +156,9 @@ def run(cfg: PipelineConfig) -> FinetuneResult:
         is_main = True
         with tempfile.TemporaryDirectory(prefix="distilflow-teacher-ckpt-") as ckpt:
             if tc.finetune:
+                # Seed before the fresh classifier head is initialised: Trainer seeds only later,
+                # so without this two runs with the same seed start from different heads.
+                set_seed(tc.seed)
                 model, tokenizer = T.load_teacher(src, label_names=names)
                 log.info("fine-tuning %s (%.1fM params) on %d examples, dev %d", tc.model,
                          T.count_parameters(model) / 1e6, len(train.table), len(dev.table))

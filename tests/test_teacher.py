@@ -180,3 +180,16 @@ def test_finetune_cli_reports_missing_data(tmp_path, capsys):
     code = finetune_teacher.main(["--set", f"data.output_dir={tmp_path}/nope", "--set", "tracking.enabled=false"])
     assert code == 2
     assert "train.parquet: file not found" in capsys.readouterr().err
+
+
+def test_same_seed_gives_the_same_teacher(tmp_path, task32, tiny_bert_dir):
+    # The fresh head must be seeded too, not just the Trainer's shuffling and dropout.
+    a = _cfg(tmp_path / "a", task32, tiny_bert_dir, lr=3e-3, epochs=1, seed=7)
+    b = _cfg(tmp_path / "b", task32, tiny_bert_dir, lr=3e-3, epochs=1, seed=7)
+    finetune_teacher.run(a)
+    finetune_teacher.run(b)
+    ma, tok = T.load_teacher(a.teacher_dir)
+    mb, _ = T.load_teacher(b.teacher_dir)
+    la, _ = T.score(ma, tok, TEXTS, 64, 4)
+    lb, _ = T.score(mb, tok, TEXTS, 64, 4)
+    np.testing.assert_array_equal(la, lb)
