@@ -94,11 +94,8 @@ def plan(mode: StudentMode, s) -> list[Phase]:
 # ---------------------------------------------------------------- inputs
 
 def _teacher_path(cfg: PipelineConfig) -> Path:
-    ref = cfg.transfer.teacher or str(cfg.teacher_dir)
-    path = tracking.resolve_model_ref(ref, cfg)
-    if not isinstance(path, Path):
-        path = Path(path)
-    if not (path / "config.json").exists():
+    path = Path(tracking.resolve_teacher(cfg))
+    if not (path / "config.json").exists():  # the SVD init needs the embedding matrix on disk
         raise UserError(f"{path}: teacher model dir not found (run finetune-teacher or set transfer.teacher)")
     return path
 

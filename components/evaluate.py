@@ -72,10 +72,7 @@ def _timings(predict, texts: list[str], cfg: PipelineConfig) -> tuple[float, dic
 def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, label_names: list[str]) -> tuple[dict, np.ndarray]:
     from components.lib.teacher import count_parameters, label_names_of, load_teacher, score
 
-    ref = cfg.transfer.teacher or str(cfg.teacher_dir)
-    path = tracking.resolve_model_ref(ref, cfg)
-    if isinstance(path, Path) and not path.exists():
-        raise UserError(f"{path}: teacher not found (run finetune-teacher first or set transfer.teacher)")
+    path = tracking.resolve_teacher(cfg)
     model, tokenizer = load_teacher(path)
     if label_names_of(model) != label_names:
         raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
@@ -85,7 +82,7 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
     log.info("teacher scored %d test texts in %.1fs", len(texts), time.perf_counter() - t0)
     speed, lat = _timings(lambda b: score(model, tokenizer, b, max_len, bs), texts, cfg)
     out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
-    out.update(model=ref, path=str(path), max_length=max_len, params=count_parameters(model),
+    out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len, params=count_parameters(model),
                size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
                throughput=speed, latency_ms=lat)
     log.info("teacher: accuracy %.4f, %.1f examples/s, p50 %.1f ms", out["accuracy"], speed, lat["p50"])

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import set_seed
 from pydantic import BaseModel, ConfigDict
+from transformers import set_seed
 
 from components.lib import data, tracking
 from components.lib import teacher as T

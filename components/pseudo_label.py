@@ -152,10 +152,7 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
     transfer_path = cfg.data_dir / "transfer.parquet"
     total = data.transfer_rows(transfer_path)
     start, stop = shard_range(total, tc.shard_index, tc.num_shards)
-    ref = tc.teacher or cfg.teacher_dir
-    if tc.teacher is None and not cfg.teacher_dir.exists():
-        raise UserError(f"{cfg.teacher_dir}: no fine-tuned teacher (run finetune-teacher or set transfer.teacher)")
-    src = tracking.resolve_model_ref(ref, cfg)
+    src = tracking.resolve_teacher(cfg)
     model, tokenizer = T.load_teacher(src)
     device = T.pick_device()
     model.to(device)
@@ -173,7 +170,7 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
     bounds = [(a, min(a + tc.chunk_rows, stop)) for a in range(start, stop, tc.chunk_rows)]
 
     with tracking.step_run(cfg, STEP) as tr:
-        tr.log_params({"transfer": tc.model_dump(mode="json"), "teacher_ref": str(ref), "rows": stop - start,
+        tr.log_params({"transfer": tc.model_dump(mode="json"), "teacher_ref": str(tc.teacher or cfg.teacher_dir), "rows": stop - start,
                        "teacher_digest": meta["teacher_digest"], "device": str(device)})
         reused = len(bounds)
         max_held = 0

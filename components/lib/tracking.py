@@ -206,6 +206,15 @@ def resolve_model_ref(ref: str | Path, cfg: PipelineConfig) -> Path | str:
     return ref  # a hub name such as bert-base-uncased; transformers resolves it
 
 
+def resolve_teacher(cfg: PipelineConfig) -> Path | str:
+    """The teacher the distillation steps use: transfer.teacher if set, else the fine-tuned teacher dir."""
+    if cfg.transfer.teacher:
+        return resolve_model_ref(cfg.transfer.teacher, cfg)
+    if not (cfg.teacher_dir / "config.json").exists():
+        raise UserError(f"{cfg.teacher_dir}: no fine-tuned teacher (run finetune-teacher or set transfer.teacher)")
+    return cfg.teacher_dir
+
+
 def _model_dir_inside(root: Path) -> Path:
     """MLflow model folders keep the HF dir one level down (e.g. model/ or components/)."""
     if (root / "config.json").exists():
