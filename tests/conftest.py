@@ -103,3 +103,67 @@ def write_tiny_task(out: Path, train: int = 8, dev: int = 8, test: int = 20, tra
 def tiny_task_dir(tmp_path_factory) -> Path:
     """A prepared data dir (what prepare-data writes) for the 3-class synthetic topic task."""
     return write_tiny_task(tmp_path_factory.mktemp("tiny-task"))
+
+
+# ---------------------------------------------------------------- token classification
+
+NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+_PEOPLE = [["alice"], ["bob", "smith"], ["carol", "jones"], ["dave"], ["erin", "lee"], ["frank"]]
+_PLACES = [["paris"], ["new", "york"], ["berlin"], ["cape", "town"], ["tokyo"], ["lima"]]
+_ORGS = [["acme", "corp"], ["globex"], ["initech"], ["umbrella", "group"], ["hooli"]]
+_FRAMES = [
+    ["{PER}", "flew", "to", "{LOC}", "for", "{ORG}"],
+    ["{ORG}", "hired", "{PER}", "in", "{LOC}"],
+    ["yesterday", "{PER}", "met", "{PER}", "near", "{LOC}"],
+    ["the", "office", "of", "{ORG}", "is", "in", "{LOC}"],
+    ["{PER}", "said", "that", "{ORG}", "will", "grow"],
+]
+
+
+def make_ner_sentences(n: int, seed: int = 0) -> tuple[list[list[str]], list[list[int]], list[str]]:
+    """Template sentences with person/place/organisation names and IOB2 tags; every sentence is
+    unique (a numbered filler word ends it)."""
+    rng = random.Random(seed)
+    pools = {"PER": _PEOPLE, "LOC": _PLACES, "ORG": _ORGS}
+    sentences, tags = [], []
+    for i in range(n):
+        words: list[str] = []
+        labels: list[int] = []
+        for slot in rng.choice(_FRAMES):
+            if slot.startswith("{"):
+                typ = slot[1:-1]
+                name = rng.choice(pools[typ])
+                words += name
+                labels += [NER_TAGS.index(f"B-{typ}")] + [NER_TAGS.index(f"I-{typ}")] * (len(name) - 1)
+            else:
+                words.append(slot)
+                labels.append(0)
+        words.append(f"ref{seed}x{i}")
+        labels.append(0)
+        sentences.append(words)
+        tags.append(labels)
+    return sentences, tags, list(NER_TAGS)
+
+
+def write_tiny_ner_task(out: Path, train: int = 24, dev: int = 12, test: int = 30, transfer: int = 120,
+                        seed: int = 0, langs: bool = False) -> Path:
+    """train/dev/test/transfer Parquet of a synthetic NER task, per the token contracts."""
+    from components.lib import data
+
+    sents, tags, names = make_ner_sentences(train + dev + test + transfer, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    cuts = {"train": (0, train), "dev": (train, train + dev), "test": (train + dev, train + dev + test)}
+    for split, (lo, hi) in cuts.items():
+        lang = [("en" if i % 2 else "xx") for i in range(lo, hi)] if langs else None
+        table = data.token_labeled_table([f"{split}-{i}" for i in range(lo, hi)], sents[lo:hi], tags[lo:hi], names, lang)
+        data.write_table(table, out / f"{split}.parquet", row_group_rows=64)
+    lo = train + dev + test
+    table = data.token_transfer_table([f"transfer-{i}" for i in range(lo, len(sents))], sents[lo:])
+    data.write_table(table, out / "transfer.parquet", row_group_rows=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_dir(tmp_path_factory) -> Path:
+    """A prepared data dir for the synthetic NER task (what prepare-data writes for token-classification)."""
+    return write_tiny_ner_task(tmp_path_factory.mktemp("tiny-ner"))

@@ -31,6 +31,7 @@ class Strict(BaseModel):
 
 class Task(str, Enum):
     sequence_classification = "sequence-classification"
+    token_classification = "token-classification"
 
 
 class StudentMode(str, Enum):
@@ -41,17 +42,25 @@ class StudentMode(str, Enum):
 
 
 class DataConfig(Strict):
-    source: str = Field("demo:bbc-news", description="demo:bbc-news, a datasets name or dir, or a CSV/JSONL/Parquet file")
+    source: str = Field("demo:bbc-news", description="demo:bbc-news, demo:wnut16, a datasets name or dir, or a CSV/JSONL/Parquet/CoNLL file")
     test_source: str | None = Field(None, description="file holding the official test split (else the source's 'test' split or a held-out one)")
     unlabeled_source: str | None = Field(None, description="extra unlabeled file or dataset appended to the transfer set")
-    format: Literal["auto", "csv", "jsonl", "parquet", "hf"] = Field("auto", description="how to read file sources; auto guesses from the suffix")
+    format: Literal["auto", "csv", "jsonl", "parquet", "hf", "conll"] = Field("auto", description="how to read file sources; auto guesses from the suffix (.conll/.iob/.bio/.txt: CoNLL)")
     dataset_config: str | None = Field(None, description="Hugging Face dataset configuration name")
     train_split: str = Field("train", description="split name holding the labeled training data")
     test_split: str | None = Field("test", description="split name of the official test data, None to hold one out")
     text_column: str = Field("text", description="column holding the input text")
     label_column: str = Field("label", description="column holding the class (int index or name)")
     unlabeled_text_column: str = Field("text", description="text column of the unlabeled source")
-    label_names: list[str] | None = Field(None, description="class names in index order; else taken from the source")
+    tokens_column: str = Field("tokens", description="token classification: column holding the list of words")
+    tags_column: str = Field("ner_tags", description="token classification: column holding the per-word tags (int index or name)")
+    lang_column: str = Field("lang", description="token classification: optional language column, kept when present (per-language F1)")
+    conll_token_field: int = Field(0, description="CoNLL files: whitespace-separated field holding the word")
+    conll_tag_field: int = Field(-1, description="CoNLL files: field holding the tag (-1 = last)")
+    pretokenizer: Literal["whitespace", "words"] = Field("words", description="token classification: how raw-text transfer rows are split into words (whitespace, or words = runs of letters/digits and single punctuation)")
+    train_sentences: int | None = Field(200, ge=1, description="token classification: labeled train sentences kept (the low-resource budget); None keeps all")
+    dev_sentences: int = Field(100, ge=1, description="token classification: labeled dev sentences, taken from train")
+    label_names: list[str] | None = Field(None, description="class (or tag) names in index order; else taken from the source")
     label_map: dict[str, str] | None = Field(None, description="maps raw label values (as strings) to class names")
     labels_per_class: int | None = Field(20, ge=1, description="labeled train examples kept per class; None keeps all")
     dev_per_class: int = Field(10, ge=1, description="labeled dev examples per class, taken from train")
@@ -198,6 +207,10 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+
+    @property
+    def is_token_task(self) -> bool:
+        return self.task == Task.token_classification
 
     # Resolved locations. A section's output_dir wins; else a fixed folder under work_dir.
     def _dir(self, explicit: str | None, name: str) -> Path:
