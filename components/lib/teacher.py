@@ -77,14 +77,28 @@ def _reinit_head(model: torch.nn.Module) -> None:
             model._init_weights(module)
 
 
-def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_names: Sequence[str] | None = None):
-    """(model, tokenizer) for sequence classification, in eval mode.
+_HEADS = {"sequence-classification": "ForSequenceClassification", "token-classification": "ForTokenClassification"}
+
+
+def _auto_class(task: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if task not in _HEADS:
+        raise UserError(f"task '{task}': expected one of {sorted(_HEADS)}")
+    return AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+
+
+def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_names: Sequence[str] | None = None,
+                 task: str = "sequence-classification"):
+    """(model, tokenizer) for sequence (or, with task="token-classification", token) classification, in eval mode.
 
     label_names: set id2label/label2id and give a fresh head, unless the checkpoint already is a
     classifier over exactly these names (then its head is kept, e.g. to continue training).
     Without them the checkpoint's own head and labels are used (an already fine-tuned teacher)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
+    auto = _auto_class(task)
+    head = _HEADS[task]
     src = str(path_or_name)
     try:
         config = AutoConfig.from_pretrained(src, trust_remote_code=False)
@@ -98,7 +112,7 @@ def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_
         if num_labels is not None and num_labels != len(names):
             raise UserError(f"num_labels={num_labels} but {len(names)} label names given")
         old = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
-        is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
+        is_classifier = any(head in a for a in (config.architectures or []))
         fresh_head = not (is_classifier and old == names)
         kwargs = {
             "num_labels": len(names),
@@ -109,21 +123,23 @@ def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_
     elif num_labels is not None:
         kwargs = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(src, trust_remote_code=False, **kwargs)
+        model = auto.from_pretrained(src, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as err:
-        raise UserError(f"{src}: cannot load a sequence classifier ({str(err).splitlines()[0]})") from None
+        what = "token classifier" if task == "token-classification" else "sequence classifier"
+        raise UserError(f"{src}: cannot load a {what} ({str(err).splitlines()[0]})") from None
     if fresh_head:
         _reinit_head(model)
     model.eval()
     return model, tokenizer
 
 
-def head_is_trained(path_or_name: str | Path) -> bool:
-    """True when the checkpoint holds classifier weights (config names a *ForSequenceClassification)."""
+def head_is_trained(path_or_name: str | Path, task: str = "sequence-classification") -> bool:
+    """True when the checkpoint holds classifier weights (config names a *ForSequenceClassification,
+    or *ForTokenClassification for token classification)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path_or_name), trust_remote_code=False)
-    return any("ForSequenceClassification" in a for a in (config.architectures or []))
+    return any(_HEADS[task] in a for a in (config.architectures or []))
 
 
 def label_names_of(model: torch.nn.Module) -> list[str]:
@@ -199,6 +215,64 @@ def score(
             if layer is not None:
                 pooled = _pool(out.hidden_states[layer].float(), batch["attention_mask"], pooling)
                 reprs_out[idx] = pooled.cpu().numpy()
+            if progress is not None:
+                progress(len(idx))
+    return logits_out, reprs_out
+
+
+def score_words(
+    model: torch.nn.Module,
+    tokenizer,
+    sentences: Sequence[Sequence[str]],
+    max_length: int,
+    batch_size: int,
+    layer: int | None = None,
+    device: torch.device | str | None = None,
+    progress=None,
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Per-word outputs of a token classifier over pre-split sentences.
+
+    Returns logits[i] float32 (n_i, C) and, when `layer` is given, that hidden layer's state
+    reprs[i] float32 (n_i, H), both read at each word's first sub-piece; n_i is the number of
+    leading words inside max_length (tokens.WordEncoding.covered). Batches are length-sorted;
+    outputs come back in input order."""
+    from components.lib.tokens import encode_words
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if next(model.parameters()).device != device:
+        model.to(device)
+    model.eval()
+    n = len(sentences)
+    logits_out: list[np.ndarray] = [np.zeros((0, model.config.num_labels), np.float32)] * n
+    reprs_out: list[np.ndarray] | None = [np.zeros((0, model.config.hidden_size), np.float32)] * n if layer is not None else None
+    if n == 0:
+        return logits_out, reprs_out
+    n_layers = model.config.num_hidden_layers + 1
+    if layer is not None and not -n_layers <= layer < n_layers:
+        raise UserError(f"layer {layer} out of range for a model with {n_layers - 1} layers (-{n_layers}..{n_layers - 1})")
+    enc = encode_words(tokenizer, sentences, max_length)
+    lengths = np.fromiter((len(x) for x in enc.input_ids), dtype=np.int64, count=n)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    with torch.inference_mode():
+        for idx in length_batches(lengths, batch_size):
+            t = int(lengths[idx].max())
+            ids = np.full((len(idx), t), pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), t), dtype=np.int64)
+            for r, i in enumerate(idx):
+                ids[r, : lengths[i]] = enc.input_ids[i]
+                mask[r, : lengths[i]] = 1
+            batch = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                out = model(**batch, output_hidden_states=layer is not None)
+            logits = out.logits.float().cpu().numpy()  # (B, T, C)
+            hidden = out.hidden_states[layer].float().cpu().numpy() if layer is not None else None  # (B, T, H)
+            for r, i in enumerate(idx):
+                fp = enc.first_piece[i][: enc.covered(i)]
+                logits_out[i] = logits[r, fp]
+                if reprs_out is not None:
+                    reprs_out[i] = hidden[r, fp]
             if progress is not None:
                 progress(len(idx))
     return logits_out, reprs_out

@@ -1,0 +1,75 @@
+"""Entity-level scores for token classification (seqeval, CoNLL-style exact span match).
+
+Pure functions over tag-name sequences: evaluate, the teacher's dev selection and the student's
+early stopping all call these, so "F1" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _check(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> None:
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: {len(g)} gold tags but {len(p)} predicted")
+
+
+def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Micro precision/recall/F1 over entities, per entity type, macro F1, token accuracy."""
+    from seqeval.metrics import classification_report
+
+    _check(gold, pred)
+    gold_l = [list(g) for g in gold]
+    pred_l = [list(p) for p in pred]
+    n_tokens = sum(len(g) for g in gold_l)
+    correct = sum(a == b for g, p in zip(gold_l, pred_l, strict=True) for a, b in zip(g, p, strict=True))
+    rep = classification_report(gold_l, pred_l, output_dict=True, zero_division=0) if n_tokens else {}
+    per_type = {
+        typ: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+              "support": int(v["support"])}
+        for typ, v in rep.items() if typ not in ("micro avg", "macro avg", "weighted avg")
+    }
+    micro = rep.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    macro = rep.get("macro avg", {"f1-score": 0.0})
+    n_pred = sum(_count_entities(p) for p in pred_l)
+    return {
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "macro_f1": float(macro["f1-score"]),
+        "entities_gold": int(micro["support"]),
+        "entities_predicted": int(n_pred),
+        "token_accuracy": float(correct / n_tokens) if n_tokens else 0.0,
+        "sentences": len(gold_l),
+        "per_type": per_type,
+    }
+
+
+def _count_entities(tags: Sequence[str]) -> int:
+    from components.lib.tokens import spans
+
+    return len(spans(tags))
+
+
+def by_language(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], langs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """entity_scores per language (sorted by language code)."""
+    _check(gold, pred)
+    if len(langs) != len(gold):
+        raise ValueError(f"{len(langs)} languages for {len(gold)} sentences")
+    langs_a = np.asarray(list(langs), dtype=object)
+    out = {}
+    for lang in sorted(set(langs)):
+        idx = np.flatnonzero(langs_a == lang)
+        out[str(lang)] = entity_scores([gold[i] for i in idx], [pred[i] for i in idx])
+    return out
+
+
+def tag_names(ids: Sequence[Sequence[int]] | Sequence[np.ndarray], label_names: Sequence[str]) -> list[list[str]]:
+    """Tag ids per sentence -> tag names per sentence."""
+    return [[label_names[int(t)] for t in row] for row in ids]
