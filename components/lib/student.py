@@ -108,13 +108,18 @@ class StudentArch:
     dropout: float
     repr_dim: int  # the teacher's representation width (stage-1 target)
     num_labels: int
+    task: str = "sequence-classification"  # or "token-classification": one output per piece, no pooling
+
+    @property
+    def per_token(self) -> bool:
+        return self.task == "token-classification"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> StudentArch:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -151,8 +156,8 @@ class BiLSTMStudent(nn.Module):
             "embeddings": [*self.embeddings.parameters()],
         }
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states."""
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
         mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
         lengths = mask.long().sum(1)  # (B,)
         keep = mask.unsqueeze(-1).to(torch.float32)  # (B, T, 1)
@@ -162,19 +167,30 @@ class BiLSTMStudent(nn.Module):
             h_b, _ = bwd(reverse_within_length(x, lengths))  # step t saw tokens len-1..len-1-t
             h_b = reverse_within_length(h_b, lengths)  # back to natural order
             x = torch.cat([h_f, h_b], dim=-1) * keep  # (B, T, 2H), pad states zeroed
+        return x
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states."""
+        mask = attention_mask.bool()
+        lengths = mask.long().sum(1)  # (B,)
+        x = self.states(input_ids, attention_mask)  # (B, T, 2H)
         pooled = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, 2H)
         # An all-pad row would pool to -inf; make it 0 instead of NaN downstream.
         return pooled.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> logits (B, C), projected representation (B, R) (regressed onto the teacher's in stage 1)."""
-        pooled = self.dropout(self.encode(input_ids, attention_mask))  # (B, 2H)
-        projected = self.dense(pooled)  # (B, R)
-        logits = self.classifier(self.dropout(torch.nn.functional.gelu(projected)))  # (B, C)
+        """-> logits (B, C), projected representation (B, R) (regressed onto the teacher's in stage 1).
+        A token-classification student keeps every position: logits (B, T, C), projected (B, T, R)."""
+        if self.arch.per_token:
+            feats = self.dropout(self.states(input_ids, attention_mask))  # (B, T, 2H)
+        else:
+            feats = self.dropout(self.encode(input_ids, attention_mask))  # (B, 2H)
+        projected = self.dense(feats)  # (B, [T,] R)
+        logits = self.classifier(self.dropout(torch.nn.functional.gelu(projected)))  # (B, [T,] C)
         return logits, projected
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T), (B, T) -> (B, C): the inference graph (what ONNX exports)."""
+        """(B, T), (B, T) -> (B, C), or (B, T, C) per piece for a tagger: the inference graph (what ONNX exports)."""
         return self.forward(input_ids, attention_mask)[0]
 
 

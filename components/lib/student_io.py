@@ -23,7 +23,7 @@ from components.lib.student import BiLSTMStudent, StudentArch, VocabMap, count_p
 FORMAT = "distilflow-bilstm-student"
 __all__ = [
     "LoadedStudent", "save_student", "load_student", "encode", "predict_logits", "count_parameters",
-    "tokenize_ids", "pad_batch", "length_batches",
+    "tokenize_ids", "pad_batch", "length_batches", "word_ids", "predict_word_logits", "predict_tags",
 ]
 
 
@@ -43,6 +43,8 @@ def save_student(
     out_dir: str | Path, model: BiLSTMStudent, arch: StudentArch, vocab: VocabMap, tokenizer: Any,
     label_names: Sequence[str], mode: str, max_length: int, teacher: dict | None = None,
 ) -> None:
+    """config.json records arch.task; a token-classification student predicts one tag per word
+    (at its first piece), so its consumers call predict_word_logits instead of predict_logits."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -129,3 +131,51 @@ def predict_logits(student: LoadedStudent, texts: Sequence[str], batch_size: int
         ids, mask = pad_batch([seqs[i] for i in idx])
         out[idx] = student.model.logits(ids, mask).float().numpy()
     return out
+
+
+# ---------------------------------------------------------------- token classification
+
+def word_ids(student: LoadedStudent | tuple[Any, VocabMap], sentences: Sequence[Sequence[str]],
+             max_length: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pre-split sentences -> (student piece ids per sentence, first-piece position per covered word)."""
+    from components.lib.tokens import encode_words
+
+    if isinstance(student, LoadedStudent):
+        tokenizer, vocab, max_length = student.tokenizer, student.vocab, max_length or student.max_length
+    else:
+        tokenizer, vocab = student
+        if max_length is None:
+            raise ValueError("max_length is required with (tokenizer, vocab)")
+    enc = encode_words(tokenizer, sentences, max_length)
+    ids = [vocab.encode(x) for x in enc.input_ids]
+    firsts = [enc.first_piece[i][: enc.covered(i)] for i in range(len(ids))]
+    return ids, firsts
+
+
+@torch.inference_mode()
+def predict_word_logits(student: LoadedStudent, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[np.ndarray]:
+    """Pre-split sentences -> per sentence (n_covered, C) float32 logits at each word's first piece
+    (n_covered: the leading words inside the student's max_length), in input order."""
+    if not student.arch.per_token:
+        raise UserError(f"student ({student.arch.task}) is not a token-classification student")
+    student.model.eval()
+    ids, firsts = word_ids(student, sentences)
+    out: list[np.ndarray] = [np.zeros((0, student.arch.num_labels), np.float32)] * len(ids)
+    for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
+        batch_ids, mask = pad_batch([ids[i] for i in idx])
+        logits = student.model.logits(batch_ids, mask).float().numpy()  # (B, T, C)
+        for r, i in enumerate(idx):
+            out[i] = logits[r, firsts[i]]
+    return out
+
+
+def predict_tags(student: LoadedStudent, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[list[str]]:
+    """Tag names for every word (words past max_length get the O tag)."""
+    from components.lib.tokens import fill_uncovered, outside_index
+
+    outside = outside_index(student.label_names)
+    logits = predict_word_logits(student, sentences, batch_size)
+    return [
+        [student.label_names[t] for t in fill_uncovered(lg.argmax(-1) if len(lg) else np.zeros(0, np.int64), len(s), outside)]
+        for lg, s in zip(logits, sentences, strict=True)
+    ]
