@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from components import prepare_tokens
 from components.lib import data, tracking
 from components.lib.cli import step_main
 from components.lib.config import DataConfig, PipelineConfig
@@ -342,7 +343,9 @@ def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: di
     data.write_json(out / "data_card.json", card)
 
 
-def run(cfg: PipelineConfig) -> PrepareResult:
+def run(cfg: PipelineConfig) -> PrepareResult | prepare_tokens.PrepareTokensResult:
+    if cfg.is_token_task:
+        return prepare_tokens.run(cfg)
     t0 = time.perf_counter()
     dc = cfg.data
     with tracking.step_run(cfg, "prepare-data") as tr:

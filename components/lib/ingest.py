@@ -41,6 +41,8 @@ class RawSource:
     splits: dict[str, pd.DataFrame]
     class_names: dict[str, list[str]] = field(default_factory=dict)  # column -> ClassLabel names
     provenance: dict[str, Any] = field(default_factory=dict)
+    # column -> names of a Sequence(ClassLabel) feature (token tags); kept apart from class_names
+    sequence_class_names: dict[str, list[str]] = field(default_factory=dict)
 
     def split(self, name: str | None, role: str) -> tuple[str, pd.DataFrame]:
         """The frame of split `name` (a file has just one); returns (where, frame)."""
@@ -177,15 +179,18 @@ def read_hf(spec: str, dataset_config: str | None) -> RawSource:
     except Exception as err:  # hub offline, unknown name, bad dir: all things the user fixes
         raise DataError(f"{spec}: cannot load as a Hugging Face dataset ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
-    splits, class_names = {}, {}
+    splits, class_names, sequence_names = {}, {}, {}
     for name, ds in parts.items():
         for col, feature in ds.features.items():
             if isinstance(feature, datasets.ClassLabel):
                 class_names.setdefault(col, list(feature.names))
+            inner = getattr(feature, "feature", None)  # List / Sequence(ClassLabel): per-token tags
+            if isinstance(inner, datasets.ClassLabel):
+                sequence_names.setdefault(col, list(inner.names))
         splits[name] = ds.to_pandas()
     prov["splits"] = {name or "data": len(f) for name, f in splits.items()}
     prov["fingerprints"] = {name or "data": ds._fingerprint for name, ds in parts.items()}
-    return RawSource(spec, "hf", splits, class_names, prov)
+    return RawSource(spec, "hf", splits, class_names, prov, sequence_names)
 
 
 def unlabeled_split(source: RawSource) -> str | None:
