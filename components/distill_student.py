@@ -14,6 +14,9 @@ for the vocabulary only) and the teacher's tokenizer and
 embedding matrix (never the test split); writes student_dir(mode) atomically. Token ids are
 computed once per (tokenizer, max_length, inputs) and cached under the student root; a
 checkpoint after every epoch lets a crashed run resume where it stopped, with the same result.
+
+task: token-classification goes to components/distill_tokens.py (a per-word tagger), which reuses
+plan(), train_phases() (with its own loss and dev score) and the set-up helpers below.
 """
 
 from __future__ import annotations
@@ -119,15 +122,19 @@ def _unragged(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
+def cache_key(tokenizer, max_length: int, sources: list[Path]) -> str:
+    """Names a token-id cache file: the tokenizer's vocabulary and class, max_length, the inputs' bytes."""
+    vocab_digest = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(
+        [vocab_digest, type(tokenizer).__name__, max_length, [data.sha256_file(p) for p in sources]]
+    ).encode()).hexdigest()[:20]
+
+
 def cached_token_ids(
     cache_dir: Path, tokenizer, max_length: int, texts: dict[str, list[str]], sources: list[Path],
 ) -> dict[str, list[np.ndarray]]:
     """Teacher piece ids per split, tokenised once and kept as ragged int32 arrays in an .npz."""
-    vocab_digest = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-    key = hashlib.sha256(json.dumps(
-        [vocab_digest, type(tokenizer).__name__, max_length, [data.sha256_file(p) for p in sources]]
-    ).encode()).hexdigest()[:20]
-    path = cache_dir / f"tokens-{key}.npz"
+    path = cache_dir / f"tokens-{cache_key(tokenizer, max_length, sources)}.npz"
     if path.exists():
         with np.load(path) as z:
             return {name: _unragged(z[f"{name}_values"], z[f"{name}_offsets"]) for name in texts}
@@ -216,8 +223,15 @@ def _optimizer(model: BiLSTMStudent, phase: Phase, steps: int, s):
 def train_phases(
     model: BiLSTMStudent, phases: list[Phase], data_for: Callable[[Phase], Rows], dev: Rows, val: Rows | None,
     s, ckpt_path: Path, fingerprint: str, on_epoch: Callable[[dict], None] | None = None,
+    *, loss_fn: Callable | None = None, evaluate_fn: Callable | None = None, metric: str = "dev_accuracy",
 ) -> list[dict]:
-    """Run the phases in order with per-epoch checkpoints; returns the per-epoch history."""
+    """Run the phases in order with per-epoch checkpoints; returns the per-epoch history.
+
+    loss_fn(phase, model, rows, idx, s) -> scalar loss and evaluate_fn(phase, model, dev, val, s) ->
+    {metric, "score" (higher is better), ...} default to the sequence-classification ones; the
+    token-classification student passes its per-word versions (rows then only need .seqs)."""
+    loss_fn = loss_fn or _phase_loss
+    evaluate_fn = evaluate_fn or _evaluate
     state = {"phase": 0, "epoch": 0, "history": [], "best": None, "best_state": None, "bad": 0}
     if ckpt_path.exists():
         saved = torch.load(ckpt_path, weights_only=False, map_location=model.classifier.weight.device)
@@ -242,9 +256,9 @@ def train_phases(
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
         else:  # the weights entering the phase are a candidate too: a phase may only help
-            first = _evaluate(phase, model, dev, val, s)
+            first = evaluate_fn(phase, model, dev, val, s)
             state.update(best=first["score"], best_state=copy.deepcopy(model.state_dict()), bad=0)
-            log.info("%s: start dev_accuracy %.4f (%d rows, groups %s)", phase.name, first["dev_accuracy"], len(rows.seqs), "+".join(phase.groups))
+            log.info("%s: start %s %.4f (%d rows, groups %s)", phase.name, metric, first[metric], len(rows.seqs), "+".join(phase.groups))
         stopped = phase.patience is not None and state["bad"] >= phase.patience  # resumed after its last epoch
         for epoch in range(state["epoch"], 0 if stopped else phase.max_epochs):
             # Seeds derived from (seed, phase, epoch): a resumed run draws the same batches and dropout.
@@ -253,7 +267,7 @@ def train_phases(
             model.train()
             t0, total, n = time.perf_counter(), 0.0, 0
             for idx in tqdm(_shuffled_batches(lengths, s.batch_size, rng), desc=f"{phase.name} epoch {epoch + 1}", leave=False, disable=None):
-                loss = _phase_loss(phase, model, rows, idx, s)
+                loss = loss_fn(phase, model, rows, idx, s)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
@@ -262,7 +276,7 @@ def train_phases(
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
             seconds = time.perf_counter() - t0
-            ev = _evaluate(phase, model, dev, val, s)
+            ev = evaluate_fn(phase, model, dev, val, s)
             improved = ev["score"] > state["best"]
             if improved:
                 state.update(best=ev["score"], best_state=copy.deepcopy(model.state_dict()), bad=0)
@@ -271,8 +285,8 @@ def train_phases(
             record = {"phase": phase.name, "target": phase.target, "epoch": epoch + 1, "train_loss": total / max(n, 1),
                       "examples_per_s": n / max(seconds, 1e-9), "seconds": seconds, **ev, "improved": improved}
             state["history"].append(record)
-            log.info("%s epoch %d: loss %.4f dev_accuracy %.4f %s %.0f ex/s", phase.name, epoch + 1, record["train_loss"],
-                     ev["dev_accuracy"], f"val_repr_loss {ev['val_repr_loss']:.4f}" if "val_repr_loss" in ev else "", record["examples_per_s"])
+            log.info("%s epoch %d: loss %.4f %s %.4f %s %.0f ex/s", phase.name, epoch + 1, record["train_loss"],
+                     metric, ev[metric], f"val_repr_loss {ev['val_repr_loss']:.4f}" if "val_repr_loss" in ev else "", record["examples_per_s"])
             state["epoch"] = epoch + 1
             stop = phase.patience is not None and state["bad"] >= phase.patience
             save({"opt": opt.state_dict(), "sched": sched.state_dict()})
@@ -286,6 +300,52 @@ def train_phases(
     return state["history"]
 
 
+# ---------------------------------------------------------------- shared set-up (also used by distill_tokens)
+
+def teacher_tokenizer(teacher_path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(teacher_path))
+    if tokenizer.pad_token_id is None or tokenizer.unk_token_id is None:
+        raise UserError(f"{teacher_path}: the teacher tokenizer needs pad and unk tokens (a WordPiece/BERT-like encoder)")
+    return tokenizer
+
+
+def trimmed_vocab(tokenizer, splits: list[list[np.ndarray]], s) -> VocabMap:
+    """Pieces of the given splits' teacher ids (train + transfer, never dev); the specials are always kept."""
+    counts = np.bincount(np.concatenate([np.concatenate(v) for v in splits]), minlength=len(tokenizer))
+    return VocabMap.from_counts(counts, s.min_count, s.max_vocab, list(tokenizer.all_special_ids),
+                                tokenizer.pad_token_id, tokenizer.unk_token_id)
+
+
+def new_student(s, vocab: VocabMap, teacher_matrix: np.ndarray, repr_dim: int, num_labels: int,
+                task: str = "sequence-classification") -> tuple[BiLSTMStudent, StudentArch, torch.device]:
+    """The student, embeddings from the SVD of the teacher's rows of the kept pieces, on its device."""
+    arch = StudentArch(len(vocab), s.embed_dim, s.hidden, s.layers, s.dropout, repr_dim, num_labels, task)
+    emb = svd_embeddings(teacher_matrix[vocab.teacher_ids], s.embed_dim) if s.embed_init == "svd" else None
+    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else ("cpu" if s.device == "auto" else s.device))
+    return BiLSTMStudent(arch, emb).to(device), arch, device
+
+
+def run_fingerprint(s, sources: list[Path], teacher_path: Path, vocab_size: int) -> str:
+    """What a checkpoint must have been made with to be resumed."""
+    return hashlib.sha256(json.dumps([s.model_dump(mode="json"), [data.sha256_file(p) for p in sources],
+                                      str(teacher_path), vocab_size]).encode()).hexdigest()
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.ckpt" / "checkpoint.pt"
+
+
+def phase_summary(phases: list[Phase], history: list[dict]) -> list[dict]:
+    return [{"name": p.name, "target": p.target, "groups": list(p.groups), "epochs": sum(h["phase"] == p.name for h in history),
+             "best_score": max((h["score"] for h in history if h["phase"] == p.name), default=None)} for p in phases]
+
+
+def teacher_info(teacher_path: Path, teacher_matrix: np.ndarray) -> dict:
+    return {"path": str(teacher_path), "hidden_size": int(teacher_matrix.shape[1]), "vocab_size": int(teacher_matrix.shape[0])}
+
+
 # ---------------------------------------------------------------- the step
 
 def _rows_from_labeled(tbl: data.Labeled, seqs: list[np.ndarray]) -> Rows:
@@ -293,8 +353,10 @@ def _rows_from_labeled(tbl: data.Labeled, seqs: list[np.ndarray]) -> Rows:
 
 
 def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) -> DistillResult:
-    from transformers import AutoTokenizer
+    if cfg.is_token_task:
+        from components import distill_tokens
 
+        return distill_tokens.run(cfg, on_epoch=on_epoch)
     t_start = time.perf_counter()
     s, mode = cfg.student, StudentMode(cfg.student.mode)
     if s.num_threads:
@@ -324,23 +386,16 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
         texts["transfer"] = data.read_transfer(cfg.data_dir / "transfer.parquet").column("text").to_pylist()
 
     teacher_path = _teacher_path(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(str(teacher_path))
-    if tokenizer.pad_token_id is None or tokenizer.unk_token_id is None:
-        raise UserError(f"{teacher_path}: the teacher tokenizer needs pad and unk tokens (a WordPiece/BERT-like encoder)")
+    tokenizer = teacher_tokenizer(teacher_path)
     cache_dir = out_dir.parent / ".cache"
     teacher_ids = cached_token_ids(cache_dir, tokenizer, s.max_length, texts, sources)
 
     # Trimmed vocabulary: pieces of the train + transfer texts; the specials are always kept.
-    counts = np.bincount(np.concatenate([np.concatenate(v) for k, v in teacher_ids.items() if k != "dev"]), minlength=len(tokenizer))
-    vocab = VocabMap.from_counts(counts, s.min_count, s.max_vocab, list(tokenizer.all_special_ids),
-                                 tokenizer.pad_token_id, tokenizer.unk_token_id)
+    vocab = trimmed_vocab(tokenizer, [v for k, v in teacher_ids.items() if k != "dev"], s)
     seqs = {k: [vocab.encode(x) for x in v] for k, v in teacher_ids.items()}
     teacher_matrix = _teacher_embeddings(teacher_path)  # (V_teacher, H)
     repr_dim = int(pseudo.schema.field("teacher_repr").type.list_size) if pseudo is not None and "teacher_repr" in pseudo.column_names else teacher_matrix.shape[1]
-    arch = StudentArch(len(vocab), s.embed_dim, s.hidden, s.layers, s.dropout, repr_dim, len(label_names))
-    emb = svd_embeddings(teacher_matrix[vocab.teacher_ids], s.embed_dim) if s.embed_init == "svd" else None
-    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else ("cpu" if s.device == "auto" else s.device))
-    model = BiLSTMStudent(arch, emb).to(device)
+    model, arch, device = new_student(s, vocab, teacher_matrix, repr_dim, len(label_names))
 
     train_rows, dev_rows = _rows_from_labeled(train, seqs["train"]), _rows_from_labeled(dev, seqs["dev"])
     transfer = val = None
@@ -362,9 +417,8 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
         return {"repr": transfer, "soft": transfer, "hard": hard_rows, "labels": train_rows}[phase.target]
 
     phases = plan(mode, s)
-    fingerprint = hashlib.sha256(json.dumps([s.model_dump(mode="json"), [data.sha256_file(p) for p in sources],
-                                             str(teacher_path), len(vocab)]).encode()).hexdigest()
-    ckpt_path = out_dir.parent / f".{out_dir.name}.ckpt" / "checkpoint.pt"
+    fingerprint = run_fingerprint(s, sources, teacher_path, len(vocab))
+    ckpt_path = checkpoint_path(out_dir)
     log.info("student %s on %s: %d params, vocab %d, phases %s", mode.value, device, count_parameters(model), len(vocab), [p.name for p in phases])
     with tracking.step_run(cfg, f"distill-student-{mode.value}") as tr:
         tr.log_params({"student": s.model_dump(mode="json"), "vocab_size": len(vocab), "parameters": count_parameters(model),
@@ -385,13 +439,11 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
             "mode": mode.value, "dev_accuracy": final["dev_accuracy"], "dev_loss": final["dev_loss"],
             "parameters": count_parameters(model), "embedding_parameters": model.embeddings.weight.numel(),
             "vocab_size": len(vocab), "seconds": seconds, "epochs": len(history),
-            "phases": [{"name": p.name, "target": p.target, "groups": list(p.groups), "epochs": sum(h["phase"] == p.name for h in history),
-                        "best_score": max((h["score"] for h in history if h["phase"] == p.name), default=None)} for p in phases],
+            "phases": phase_summary(phases, history),
             "history": history,
         }
-        teacher_info = {"path": str(teacher_path), "hidden_size": int(teacher_matrix.shape[1]), "vocab_size": int(teacher_matrix.shape[0])}
         with data.atomic_dir(out_dir) as tmp:
-            save_student(tmp, model, arch, vocab, tokenizer, label_names, mode.value, s.max_length, teacher_info)
+            save_student(tmp, model, arch, vocab, tokenizer, label_names, mode.value, s.max_length, teacher_info(teacher_path, teacher_matrix))
             data.write_json(tmp / "metrics.json", metrics)
         tr.log_metrics({"final.dev_accuracy": final["dev_accuracy"], "parameters": metrics["parameters"],
                         "vocab_size": len(vocab), "seconds": seconds})
