@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +22,9 @@ from components.lib import data, report, tracking
 from components.lib.cli import step_main
 from components.lib.config import PipelineConfig, StudentMode
 from components.lib.errors import UserError
+
+if TYPE_CHECKING:
+    from components.evaluate_tokens import TokenEvalResult
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,8 @@ def chosen_mode(cfg: PipelineConfig, modes: list[str]) -> str:
     return (distilled or modes)[0]
 
 
-def _timings(predict, texts: list[str], cfg: PipelineConfig) -> tuple[float, dict[str, float]]:
+def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str, float]]:
+    """(items/s at evaluate.batch_size over throughput_rows items, batch-1 latency p50/p95/mean ms)."""
     bs = cfg.evaluate.batch_size
     return report.throughput(predict, report.repeat_to(texts, cfg.evaluate.throughput_rows), bs), \
         report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
@@ -80,7 +85,7 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
     t0 = time.perf_counter()
     logits, _ = score(model, tokenizer, texts, max_len, bs)
     log.info("teacher scored %d test texts in %.1fs", len(texts), time.perf_counter() - t0)
-    speed, lat = _timings(lambda b: score(model, tokenizer, b, max_len, bs), texts, cfg)
+    speed, lat = timings(lambda b: score(model, tokenizer, b, max_len, bs), texts, cfg)
     out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len, params=count_parameters(model),
                size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
@@ -99,10 +104,10 @@ def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: 
         raise UserError(f"{path}/config.json: label_names {st.label_names} differ from the test split's {label_names}")
     bs = cfg.evaluate.batch_size
     logits = predict_logits(st, texts, bs)
-    speed, lat = _timings(lambda b: predict_logits(st, b, bs), texts, cfg)
+    speed, lat = timings(lambda b: predict_logits(st, b, bs), texts, cfg)
     onnx_path = export_onnx(st, scratch / f"{st.mode.replace('+', '_')}.onnx", cfg.export.opset)
     session = ort_session(onnx_path, cfg.evaluate.num_threads)
-    speed_onnx, lat_onnx = _timings(lambda b: onnx_predict_logits(session, st, b, bs), texts, cfg)
+    speed_onnx, lat_onnx = timings(lambda b: onnx_predict_logits(session, st, b, bs), texts, cfg)
     out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
     out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=report.agreement(logits, teacher_logits),
                params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
@@ -114,14 +119,17 @@ def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: 
 
 
 def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
-                 test_rows: int, card: dict | None) -> dict:
+                 test_rows: int, card: dict | None, metric: str = "accuracy") -> dict:
+    """The report.json body; `metric` (accuracy, or entity f1 for token classification) is the
+    headline score that retention and the export gate use."""
     mode = chosen_mode(cfg, list(students))
     student = students[mode]
     rep = {
+        "metric": metric,
         "teacher": teacher,
         "student": student,
         "students": students,
-        "retention": student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0,
+        "retention": student[metric] / teacher[metric] if teacher[metric] else 0.0,
         "params": {"teacher": teacher["params"], "student": student["params"]},
         "compression": teacher["params"] / student["params"],
         "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],
@@ -159,9 +167,13 @@ def write_outputs(rep: dict, out: Path) -> None:
     (out / "report.md").write_text(report.render_markdown(rep))
 
 
-def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> EvalResult:
+def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> EvalResult | TokenEvalResult:
     import torch
 
+    if cfg.is_token_task:
+        from components import evaluate_tokens
+
+        return evaluate_tokens.run(cfg, student_dirs)
     if cfg.evaluate.num_threads:
         torch.set_num_threads(cfg.evaluate.num_threads)
     dirs = find_students(cfg, student_dirs)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +23,9 @@ from components.lib import data, report, tracking
 from components.lib.cli import step_main
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
+
+if TYPE_CHECKING:
+    from components.export_tokens import TokenExportResult
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,8 @@ class ExportResult(BaseModel):
 # ---------------------------------------------------------------- ONNX
 
 def export_onnx(student, path: Path, opset: int) -> Path:
-    """The student's logits(input_ids, attention_mask) -> (B, C) as ONNX, batch and sequence dynamic."""
+    """The student's logits(input_ids, attention_mask) -> (B, C) as ONNX, batch and sequence dynamic
+    (a token-classification student's (B, T, C) logits get the dynamic sequence axis too)."""
     import torch
 
     from components.lib.student import LogitsOnly
@@ -75,7 +80,7 @@ def export_onnx(student, path: Path, opset: int) -> Path:
             wrapper, (ids, mask), str(path), dynamo=False, opset_version=opset,
             input_names=INPUT_NAMES, output_names=["logits"],
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "logits": {0: "batch"}},
+                          "logits": {0: "batch", 1: "sequence"} if student.arch.per_token else {0: "batch"}},
         )
     import onnx
 
@@ -136,8 +141,9 @@ def quantize_int8(fp32: Path, out: Path) -> Path:
 
 # ---------------------------------------------------------------- pyfunc
 
-def pyfunc_bundle(student_dir: Path, onnx_path: Path, student, out: Path) -> Path:
-    """The pyfunc's one artifact folder: tokenizer files, vocab/config JSON, the ONNX graph, pyfunc.json."""
+def pyfunc_bundle(student_dir: Path, onnx_path: Path, student, out: Path, extra: dict | None = None) -> Path:
+    """The pyfunc's one artifact folder: tokenizer files, vocab/config JSON, the ONNX graph, pyfunc.json
+    (`extra` adds keys to pyfunc.json, e.g. the token tagger's pre-tokeniser)."""
     from components.lib.pyfunc import PYFUNC_CONFIG
 
     out.mkdir(parents=True)
@@ -146,19 +152,21 @@ def pyfunc_bundle(student_dir: Path, onnx_path: Path, student, out: Path) -> Pat
             shutil.copy2(f, out / f.name)
     shutil.copy2(onnx_path, out / onnx_path.name)
     conf = {"onnx": onnx_path.name, "label_names": student.label_names, "max_length": student.max_length,
-            "mode": student.mode, "batch_size": 64}
+            "mode": student.mode, "batch_size": 64, **(extra or {})}
     (out / PYFUNC_CONFIG).write_text(json.dumps(conf, indent=2) + "\n")
     return out
 
 
-def pyfunc_code_paths(out: Path) -> list[str]:
-    """A minimal `components` package holding only lib/pyfunc.py, so the model loads without the repo."""
-    src = Path(__file__).resolve().parent / "lib" / "pyfunc.py"
+def pyfunc_code_paths(out: Path, modules: tuple[str, ...] = ("pyfunc.py",)) -> list[str]:
+    """A minimal `components` package holding only these lib/ modules (lib/pyfunc.py, plus
+    tokens.py and errors.py for the token tagger), so the model loads without the repo."""
+    lib = Path(__file__).resolve().parent / "lib"
     pkg = out / "components"
     (pkg / "lib").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "lib" / "__init__.py").write_text("")
-    shutil.copy2(src, pkg / "lib" / "pyfunc.py")
+    for name in modules:
+        shutil.copy2(lib / name, pkg / "lib" / name)
     return [str(pkg)]
 
 
@@ -193,46 +201,48 @@ def pyfunc_kwargs(bundle: Path, code_dir: Path, example_texts: list[str], label_
 # ---------------------------------------------------------------- registry gate
 
 def gate(accuracy: float, retention: float, min_retention: float, champion_accuracy: float | None,
-         champion_version: str | None) -> str | None:
-    """None when the version may become champion, else the reason it may not."""
+         champion_version: str | None, metric: str = "accuracy") -> str | None:
+    """None when the version may become champion, else the reason it may not. `accuracy` is the
+    headline test score named by `metric` (entity f1 for token classification)."""
     reasons = []
     if retention < min_retention:
         reasons.append(f"retention {retention:.4f} < export.min_retention {min_retention:.4f}")
     if champion_accuracy is not None and accuracy < champion_accuracy - 1e-9:  # a float round trip is no regression
-        reasons.append(f"test accuracy {accuracy:.4f} below champion v{champion_version} ({champion_accuracy:.4f})")
+        reasons.append(f"test {metric} {accuracy:.4f} below champion v{champion_version} ({champion_accuracy:.4f})")
     return "; ".join(reasons) or None
 
 
-def current_champion(client, name: str) -> tuple[str | None, float | None]:
-    """(version, accuracy) of the alias holder, or (None, None) when there is none yet."""
+def current_champion(client, name: str, metric: str = "accuracy") -> tuple[str | None, float | None]:
+    """(version, score under `metric`) of the alias holder, or (None, None) when there is none yet."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None, None
-    if "accuracy" in mv.tags:
-        return str(mv.version), float(mv.tags["accuracy"])
-    if mv.run_id:  # registered by hand: fall back to the run's logged accuracy
+    if metric in mv.tags:
+        return str(mv.version), float(mv.tags[metric])
+    if mv.run_id:  # registered by hand: fall back to the run's logged score
         metrics = client.get_run(mv.run_id).data.metrics
-        if "accuracy" in metrics:
-            return str(mv.version), float(metrics["accuracy"])
+        if metric in metrics:
+            return str(mv.version), float(metrics[metric])
     return str(mv.version), None
 
 
-def register(cfg: PipelineConfig, model_uri: str, tags: dict[str, str], accuracy: float, retention: float):
+def register(cfg: PipelineConfig, model_uri: str, tags: dict[str, str], accuracy: float, retention: float,
+             metric: str = "accuracy"):
     """Register model_uri; move `champion` only when the gate holds. -> (version, champion?, reason)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
     name = cfg.export.model_name
-    champ_version, champ_acc = current_champion(client, name)
+    champ_version, champ_acc = current_champion(client, name, metric)
     mv = mlflow.register_model(model_uri, name, tags=tags)
-    reason = gate(accuracy, retention, cfg.export.min_retention, champ_acc, champ_version)
+    reason = gate(accuracy, retention, cfg.export.min_retention, champ_acc, champ_version, metric)
     if reason is None:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
         client.set_model_version_tag(name, mv.version, "distilflow.gate", "passed")
-        log.info("registered %s v%s as %s (accuracy %.4f, retention %.4f)", name, mv.version, CHAMPION, accuracy, retention)
+        log.info("registered %s v%s as %s (%s %.4f, retention %.4f)", name, mv.version, CHAMPION, metric, accuracy, retention)
     else:
         client.set_model_version_tag(name, mv.version, "distilflow.gate", f"failed: {reason}")
         log.warning("registered %s v%s without the %s alias: %s", name, mv.version, CHAMPION, reason)
@@ -252,11 +262,15 @@ def _read_report(cfg: PipelineConfig) -> dict:
     return rep
 
 
-def run(cfg: PipelineConfig) -> ExportResult:
+def run(cfg: PipelineConfig) -> ExportResult | TokenExportResult:
     import torch
 
     from components.lib.student_io import load_student
 
+    if cfg.is_token_task:
+        from components import export_tokens
+
+        return export_tokens.run(cfg)
     if cfg.export.num_threads:
         torch.set_num_threads(cfg.export.num_threads)
     student_dir = cfg.student_dir(cfg.student.mode)

@@ -29,7 +29,11 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
     pred_l = [list(p) for p in pred]
     n_tokens = sum(len(g) for g in gold_l)
     correct = sum(a == b for g, p in zip(gold_l, pred_l, strict=True) for a, b in zip(g, p, strict=True))
-    rep = classification_report(gold_l, pred_l, output_dict=True, zero_division=0) if n_tokens else {}
+    n_pred = sum(_count_entities(p) for p in pred_l)
+    n_gold = sum(_count_entities(g) for g in gold_l)
+    # No entity on either side (e.g. a language without entities): seqeval would average an empty
+    # set into NaN; every score is 0 then, as seqeval gives when only one side has entities.
+    rep = classification_report(gold_l, pred_l, output_dict=True, zero_division=0) if n_pred or n_gold else {}
     per_type = {
         typ: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
               "support": int(v["support"])}
@@ -37,7 +41,6 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
     }
     micro = rep.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
     macro = rep.get("macro avg", {"f1-score": 0.0})
-    n_pred = sum(_count_entities(p) for p in pred_l)
     return {
         "precision": float(micro["precision"]),
         "recall": float(micro["recall"]),

@@ -1,7 +1,9 @@
-"""The MLflow pyfunc face of a student: raw text in, label names and probabilities out.
+"""The MLflow pyfunc faces of a student: raw text in; label names and probabilities out
+(StudentTextClassifier), or entity spans with character offsets (StudentTokenTagger).
 
-Self-contained on purpose (numpy, pandas, onnxruntime, transformers; no torch, no other
-distilflow module): the export step ships this file with the model through `code_paths`, so
+Self-contained on purpose (numpy, pandas, onnxruntime, transformers; no torch; the classifier
+uses no other distilflow module, the tagger only lib/tokens.py and lib/errors.py, shipped beside
+it): the export step ships these files with the model through `code_paths`, so
 `mlflow.pyfunc.load_model("models:/NAME@champion")` works in any process that has those
 packages. The bundle (one artifact folder, "student") holds the ONNX graph, the student's
 config.json and vocab.json, the teacher's tokenizer files and pyfunc.json (which ONNX file,
@@ -9,7 +11,10 @@ label names, max_length).
 
 Tokenisation mirrors components/lib/student_io.py exactly: teacher word pieces with [CLS]/[SEP],
 truncated to max_length, mapped through the trimmed vocabulary (unknown -> 1, pad -> 0), pads at
-the end; the test suite checks the two agree.
+the end; the test suite checks the two agree. The tagger splits raw text into words with
+tokens.pretokenize (the mode stored in pyfunc.json), aligns words to pieces with
+tokens.encode_words (a word's output lives on its first piece; words past max_length are O)
+and reads entity spans with tokens.spans, exactly as the evaluate step scores the student.
 """
 
 from __future__ import annotations
@@ -60,6 +65,27 @@ def as_texts(model_input) -> list[str]:
     raise ValueError(f"unsupported input type {type(model_input).__name__}: pass texts or a DataFrame with 'text'")
 
 
+def padded_batches(seqs: list[np.ndarray], batch_size: int):
+    """Yield (indices, ids (B, T) int64, mask (B, T) int64) over batches of similar length; pads at the end."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        t = max(1, max(len(seqs[i]) for i in idx))
+        ids = np.zeros((len(idx), t), dtype=np.int64)
+        mask = np.zeros((len(idx), t), dtype=np.int64)
+        for row, i in enumerate(idx):
+            ids[row, : len(seqs[i])] = seqs[i]
+            mask[row, : len(seqs[i])] = 1
+        yield idx, ids, mask
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """(..., C) -> (..., C) probabilities in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 class StudentTextClassifier(mlflow.pyfunc.PythonModel):
     """ONNX Runtime inference of a distilled BiLSTM student over raw strings."""
 
@@ -86,25 +112,67 @@ class StudentTextClassifier(mlflow.pyfunc.PythonModel):
                              return_attention_mask=False, return_token_type_ids=False)
         seqs = [self.table[np.asarray(ids, dtype=np.int64)] for ids in enc["input_ids"]]
         out = np.zeros((len(seqs), len(self.label_names)), dtype=np.float32)
-        order = np.argsort([len(s) for s in seqs], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            t = max(1, max(len(seqs[i]) for i in idx))
-            ids = np.zeros((len(idx), t), dtype=np.int64)  # (B, T), pads at the end
-            mask = np.zeros((len(idx), t), dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids[row, : len(seqs[i])] = seqs[i]
-                mask[row, : len(seqs[i])] = 1
+        for idx, ids, mask in padded_batches(seqs, self.batch_size):
             out[idx] = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         texts = as_texts(model_input)
-        logits = self.logits(texts).astype(np.float64)  # (N, C)
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = z / z.sum(axis=1, keepdims=True)
+        probs = _softmax(self.logits(texts))  # (N, C)
         best = probs.argmax(axis=1)
         frame = {"label": [self.label_names[i] for i in best], "score": probs[np.arange(len(best)), best]}
         for c, name in enumerate(self.label_names):
             frame[f"prob_{name}"] = probs[:, c]
         return pd.DataFrame(frame)
+
+
+class StudentTokenTagger(StudentTextClassifier):
+    """ONNX Runtime NER with a distilled BiLSTM tagger: raw sentences in, one row per sentence out:
+    `entities` (a list of {entity, text, start, end, score}: the span's type, its surface string
+    text[start:end], character offsets, and the mean max-softmax of its words) and `tags` (one
+    tag per pre-tokenised word)."""
+
+    def _load(self, bundle: Path) -> None:
+        super()._load(bundle)
+        conf = json.loads((bundle / PYFUNC_CONFIG).read_text())
+        self.pretokenizer = str(conf.get("pretokenizer", "words"))
+
+    def word_logits(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        """Pre-split sentences -> per sentence (n_covered, C) float32 logits at each word's first piece."""
+        from components.lib.tokens import encode_words
+
+        enc = encode_words(self.tokenizer, sentences, self.max_length)
+        seqs = [self.table[ids] for ids in enc.input_ids]
+        firsts = [enc.first_piece[i][: enc.covered(i)] for i in range(len(seqs))]
+        out = [np.zeros((0, len(self.label_names)), np.float32)] * len(seqs)
+        for idx, ids, mask in padded_batches(seqs, self.batch_size):
+            logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]  # (B, T, C)
+            for row, i in enumerate(idx):
+                out[i] = logits[row, firsts[i]]
+        return out
+
+    def tag(self, texts: list[str]) -> tuple[list[list[dict]], list[list[str]]]:
+        """Texts -> (entities per text, tag per word per text)."""
+        from components.lib.tokens import fill_uncovered, outside_index, pretokenize, spans
+
+        words = [pretokenize(t, self.pretokenizer) for t in texts]  # [(word, start, end)] per text
+        logits = self.word_logits([[w for w, _, _ in ws] for ws in words])
+        outside = outside_index(self.label_names)
+        all_entities, all_tags = [], []
+        for text, ws, lg in zip(texts, words, logits, strict=True):
+            probs = _softmax(lg)  # (n_covered, C)
+            best = fill_uncovered(probs.argmax(axis=-1), len(ws), outside)  # (n_words,)
+            conf = probs.max(axis=-1) if len(probs) else np.zeros(0)  # (n_covered,)
+            tags = [self.label_names[t] for t in best]
+            entities = []
+            for typ, first, end in spans(tags):  # cut-off words are O, so every span word has a score
+                start, stop = ws[first][1], ws[end - 1][2]
+                entities.append({"entity": typ, "text": text[start:stop], "start": int(start), "end": int(stop),
+                                 "score": float(conf[first:end].mean())})
+            all_entities.append(entities)
+            all_tags.append(tags)
+        return all_entities, all_tags
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        entities, tags = self.tag(as_texts(model_input))
+        return pd.DataFrame({"entities": entities, "tags": tags})

@@ -184,7 +184,8 @@ def plot_confusion(matrix: Sequence[Sequence[int]], label_names: Sequence[str], 
     plt.close(fig)
 
 
-def plot_accuracy_speed(points: Sequence[tuple[str, float, float]], title: str, path: Path) -> None:
+def plot_accuracy_speed(points: Sequence[tuple[str, float, float]], title: str, path: Path,
+                        ylabel: str = "test accuracy", xlabel: str = "examples/s (log scale)") -> None:
     """points: (name, examples/s, accuracy); log x so a 10-100x speed-up stays readable."""
     import matplotlib
 
@@ -200,14 +201,39 @@ def plot_accuracy_speed(points: Sequence[tuple[str, float, float]], title: str, 
         ax.scatter([speed], [acc], s=70, marker=marker, color=colors[model], label=f"{name}: {acc:.3f}, {speed:,.0f}/s")
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.set_xscale("log")
-    ax.set_xlabel("examples/s (log scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     accs = [p[2] for p in points]
     ax.set_ylim(max(0.0, min(accs) - 0.05), min(1.0, max(accs) + 0.03))
     speeds = [p[1] for p in points]
     ax.set_xlim(min(speeds) / 2, max(speeds) * 3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_type_f1(per_model: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> None:
+    """Grouped bars: entity F1 per type (x) for each model (one colour each); per_model[name][type]["f1"]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = sorted({t for per_type in per_model.values() for t in per_type})
+    n = max(1, len(per_model))
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(types) + 2.5), 4.2))
+    x = np.arange(len(types))
+    for k, (name, per_type) in enumerate(per_model.items()):
+        ax.bar(x + (k - (n - 1) / 2) * width, [per_type.get(t, {}).get("f1", 0.0) for t in types], width, label=name)
+    ax.set_xticks(x, labels=types, rotation=30 if len(types) > 6 else 0)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("entity F1")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -302,6 +328,97 @@ def render_markdown(report: dict[str, Any]) -> str:
         "![confusion matrix](confusion_student.png)",
         "",
         "![accuracy vs speed](accuracy_vs_speed.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Markdown, token classification
+
+def _ner_card_lines(card: dict[str, Any] | None, label_names: Sequence[str]) -> list[str]:
+    card = card or {}
+    conf = card.get("config") or {}
+    rows = card.get("rows") or {}
+    return [
+        f"- Data: `{conf.get('source', 'unknown')}`; tags: {', '.join(card.get('label_names') or label_names)}",
+        f"- Labeled sentences: {_fmt(rows.get('train'))} train, {_fmt(rows.get('dev'))} dev; transfer set: "
+        f"{_fmt(rows.get('transfer'))} unlabeled sentences",
+    ]
+
+
+def render_ner_markdown(report: dict[str, Any]) -> str:
+    """The token-classification report: entity F1 (overall, per type, per language), size, speed."""
+    env = report["environment"]
+    teacher, student = report["teacher"], report["student"]
+    models = [("teacher", teacher)] + [(f"student `{mode}`", m) for mode, m in report["students"].items()]
+    lines = [
+        "# Distillation report (token classification)",
+        "",
+        "## What was distilled",
+        "",
+        f"- Teacher: `{teacher['model']}` ({_millions(teacher['params'])} parameters, {teacher['max_length']} pieces)",
+        *_ner_card_lines(report.get("data_card"), report["label_names"]),
+        f"- Test set: {report['test_rows']} sentences, {report.get('test_words', '–')} words (read only by this step)",
+        f"- Student: BiLSTM tagger ({_millions(student['params'])} parameters, {student['max_length']} pieces), "
+        f"mode `{student['mode']}`",
+        "",
+        "## How well, how small, how fast",
+        "",
+        "Entity scores are exact-span matches (seqeval, CoNLL style), micro-averaged over entities; "
+        "words past a model's max_length count as O.",
+        "",
+        "| model | entity F1 | precision | recall | macro-F1 | tag accuracy | tags agree w/ teacher | params | weights "
+        "| sent/s torch | sent/s ONNX | p50 / p95 ms torch | p50 / p95 ms ONNX |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in models:
+        lines.append(
+            f"| {name} | {_fmt(m['f1'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['macro_f1'])} "
+            f"| {_fmt(m['token_accuracy'])} | {_fmt(m.get('agreement'))} | {_millions(m['params'])} | {_mb(m.get('size_bytes'))} "
+            f"| {_fmt(m['throughput'], 1)} | {_fmt(m.get('throughput_onnx'), 1)} | {_latency(m.get('latency_ms'))} "
+            f"| {_latency(m.get('latency_ms_onnx'))} |"
+        )
+    lines += [
+        "",
+        f"- **Retention** (student / teacher entity F1): {_fmt(report['retention'])}",
+        f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
+        f"- **Speed-up** (student / teacher sentences/s at batch {report['batch_size']}): torch "
+        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
+    ]
+    if "baseline" in report:
+        gain = student["f1"] - report["baseline"]["f1"]
+        lines.append(f"- Labels-only baseline (same student, no teacher): entity F1 {_fmt(report['baseline']['f1'])}; "
+                     f"distillation gain {gain:+.3f}")
+    types = sorted({t for _, m in models for t in m["per_type"]})
+    lines += ["", "## Entity F1 per type", "",
+              "| type | support | " + " | ".join(name for name, _ in models) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in models) + " |"]
+    for typ in types:
+        support = teacher["per_type"].get(typ, {}).get("support", student["per_type"].get(typ, {}).get("support"))
+        cells = [_fmt(m["per_type"][typ]["f1"]) if typ in m["per_type"] else "–" for _, m in models]
+        lines.append(f"| {typ} | {_fmt(support)} | " + " | ".join(cells) + " |")
+    if "per_language" in teacher:
+        langs = sorted(teacher["per_language"])
+        lines += ["", "## Entity F1 per language", "",
+                  "| language | sentences | entities | " + " | ".join(name for name, _ in models) + " |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in models) + " |"]
+        for lang in langs:
+            t = teacher["per_language"][lang]
+            cells = [_fmt(m.get("per_language", {}).get(lang, {}).get("f1")) for _, m in models]
+            lines.append(f"| {lang} | {t['sentences']} | {t['entities_gold']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Where it was measured",
+        "",
+        f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        f"Throughput is pre-split sentences in, per-word logits out (word-piece tokenisation and alignment included) "
+        f"over {report['throughput_rows']} test sentences at batch {report['batch_size']}; latency is "
+        f"{report['latency_runs']} single-sentence calls.",
+        "",
+        "![entity F1 vs speed](f1_vs_speed.png)",
+        "",
+        "![entity F1 per type](f1_per_type.png)",
         "",
     ]
     return "\n".join(lines)

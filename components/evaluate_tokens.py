@@ -1,0 +1,180 @@
+"""evaluate for token classification: teacher vs student tagger(s) vs baseline on the test split.
+
+Quality is entity-level precision/recall/F1 (seqeval, exact span match) overall, per entity type
+and per language when the test table has a `lang` column, plus word-level tag agreement with the
+teacher. Size and speed are measured as for classification, in this process on this machine:
+sentences/s at evaluate.batch_size and batch-1 p50/p95 latency, torch for the teacher, torch and
+ONNX Runtime for every student. Words past a model's max_length count as O (the alignment rule).
+Writes cfg.eval_dir atomically: report.json, report.md, PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from components.evaluate import build_report, find_students, timings
+from components.lib import data, ner_metrics, report, tracking
+from components.lib.config import PipelineConfig
+from components.lib.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TASK = "token-classification"
+METRIC = "f1"  # entity-level micro F1: the headline score (retention, the export gate)
+
+
+class TokenEvalResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    report_path: str
+    teacher_f1: float  # entity-level micro F1 on the test split
+    student_mode: str
+    student_f1: float
+    baseline_f1: float | None
+    retention: float  # student_f1 / teacher_f1
+    compression: float
+    speedup: float  # student / teacher sentences/s (torch)
+    speedup_onnx: float
+    students: list[str]
+
+
+def tag_agreement(a: list[list[str]], b: list[list[str]]) -> float:
+    """Share of words on which two taggers predict the same tag."""
+    same = sum(x == y for s, t in zip(a, b, strict=True) for x, y in zip(s, t, strict=True))
+    total = sum(len(s) for s in a)
+    return same / total if total else 1.0
+
+
+def scores(gold: list[list[str]], pred: list[list[str]], langs: list[str] | None) -> dict:
+    """entity_scores, plus per_language when the test split has languages."""
+    out = ner_metrics.entity_scores(gold, pred)
+    if langs is not None:
+        out["per_language"] = ner_metrics.by_language(gold, pred, langs)
+    return out
+
+
+def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list[list[str]], label_names: list[str],
+                     langs: list[str] | None) -> tuple[dict, list[list[str]]]:
+    from components.export_tokens import word_tags
+    from components.lib.teacher import (
+        count_parameters,
+        head_is_trained,
+        label_names_of,
+        load_teacher,
+        score_words,
+    )
+
+    path = tracking.resolve_teacher(cfg)
+    if not head_is_trained(path, TASK):
+        raise UserError(f"{path}: not a token classifier (config.json names no *ForTokenClassification); "
+                        "fine-tune the teacher first")
+    model, tokenizer = load_teacher(path, task=TASK)
+    if label_names_of(model) != label_names:
+        raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
+    max_len, bs = cfg.teacher.max_length, cfg.evaluate.batch_size
+    t0 = time.perf_counter()
+    logits, _ = score_words(model, tokenizer, sentences, max_len, bs)
+    log.info("teacher tagged %d test sentences in %.1fs", len(sentences), time.perf_counter() - t0)
+    pred = word_tags(logits, sentences, label_names)
+    speed, lat = timings(lambda b: score_words(model, tokenizer, b, max_len, bs), sentences, cfg)
+    out = scores(gold, pred, langs)
+    out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len,
+               params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
+               throughput=speed, latency_ms=lat)
+    log.info("teacher: entity F1 %.4f, %.1f sentences/s, p50 %.1f ms", out["f1"], speed, lat["p50"])
+    return out, pred
+
+
+def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]], gold: list[list[str]],
+                     label_names: list[str], langs: list[str] | None, teacher_pred: list[list[str]], scratch: Path) -> dict:
+    from components.export import export_onnx, ort_session
+    from components.export_tokens import onnx_predict_word_logits
+    from components.lib.student_io import count_parameters, load_student, predict_tags, predict_word_logits
+
+    st = load_student(path)
+    if not st.arch.per_token:
+        raise UserError(f"{path}/config.json: a {st.arch.task} student, but task is token-classification")
+    if st.label_names != label_names:
+        raise UserError(f"{path}/config.json: label_names {st.label_names} differ from the test split's {label_names}")
+    bs = cfg.evaluate.batch_size
+    pred = predict_tags(st, sentences, bs)
+    speed, lat = timings(lambda b: predict_word_logits(st, b, bs), sentences, cfg)
+    onnx_path = export_onnx(st, scratch / f"{st.mode.replace('+', '_')}.onnx", cfg.export.opset)
+    session = ort_session(onnx_path, cfg.evaluate.num_threads)
+    speed_onnx, lat_onnx = timings(lambda b: onnx_predict_word_logits(session, st, b, bs), sentences, cfg)
+    out = scores(gold, pred, langs)
+    out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=tag_agreement(pred, teacher_pred),
+               params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
+               onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
+               throughput_onnx=speed_onnx, latency_ms_onnx=lat_onnx)
+    log.info("student %s: entity F1 %.4f, tag agreement %.4f, %.1f sentences/s torch, %.1f ONNX", st.mode,
+             out["f1"], out["agreement"], speed, speed_onnx)
+    return out
+
+
+def write_outputs(rep: dict, out: Path) -> None:
+    """report.json, report.md and the plots into `out` (the caller's temp dir)."""
+    data.write_json(out / "report.json", rep)
+    points = [("teacher (torch)", rep["teacher"]["throughput"], rep["teacher"]["f1"])]
+    for mode, m in rep["students"].items():
+        points += [(f"{mode} (torch)", m["throughput"], m["f1"]), (f"{mode} (ONNX)", m["throughput_onnx"], m["f1"])]
+    report.plot_accuracy_speed(points, f"entity F1 vs speed, batch {rep['batch_size']}", out / "f1_vs_speed.png",
+                               ylabel="test entity F1", xlabel="sentences/s (log scale)")
+    models = {"teacher": rep["teacher"], **rep["students"]}
+    report.plot_per_type_f1({name: m["per_type"] for name, m in models.items()}, "entity F1 per type", out / "f1_per_type.png")
+    (out / "report.md").write_text(report.render_ner_markdown(rep))
+
+
+def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> TokenEvalResult:
+    import torch
+
+    if cfg.evaluate.num_threads:
+        torch.set_num_threads(cfg.evaluate.num_threads)
+    dirs = find_students(cfg, student_dirs)
+    test = data.read_token_labeled(cfg.data_dir / "test.parquet")
+    sentences = test.table.column("tokens").to_pylist()
+    gold = ner_metrics.tag_names(test.table.column("tags").to_pylist(), test.label_names)
+    langs = [str(x) for x in test.table.column("lang").to_pylist()] if test.has_lang else None
+    if not sentences:
+        raise UserError(f"{cfg.data_dir / 'test.parquet'}: no sentences")
+    card_path = cfg.data_dir / "data_card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else None
+
+    with tracking.step_run(cfg, "evaluate") as tr:
+        tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), "task": TASK,
+                       "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()}, "test_rows": len(sentences)})
+        teacher, teacher_pred = evaluate_teacher(cfg, sentences, gold, test.label_names, langs)
+        with tempfile.TemporaryDirectory() as scratch:
+            students = {m: evaluate_student(cfg, p, sentences, gold, test.label_names, langs, teacher_pred, Path(scratch))
+                        for m, p in dirs.items()}
+        rep = {"task": TASK, **build_report(cfg, teacher, students, test.label_names, len(sentences), card, metric=METRIC)}
+        rep["test_words"] = sum(len(s) for s in sentences)
+        rep["entity_types"] = sorted({t for m in (teacher, *students.values()) for t in m["per_type"]})
+        rep["languages"] = sorted(set(langs)) if langs is not None else None
+        with data.atomic_dir(cfg.eval_dir) as out:
+            write_outputs(rep, out)
+        logged = {k: rep[k] for k in ("teacher", "students", "retention", "params", "compression", "throughput",
+                                      "speedup", "speedup_onnx", "latency_ms")}
+        headline = ("f1", "precision", "recall", "macro_f1")
+        logged["student"] = {k: rep["student"][k] for k in headline}
+        if "baseline" in rep:
+            logged["baseline"] = {k: rep["baseline"][k] for k in headline}
+        tr.log_metrics(report.flat_metrics(logged))
+        tr.set_tags({"distilflow.student_mode": rep["student"]["mode"], "distilflow.cpu": rep["environment"]["cpu"],
+                     "distilflow.task": TASK})
+        tr.log_artifacts(cfg.eval_dir, "eval")
+
+    log.info("retention %.4f (entity F1), compression %.1fx, speed-up %.1fx (ONNX %.1fx); report %s", rep["retention"],
+             rep["compression"], rep["speedup"], rep["speedup_onnx"], cfg.eval_dir / "report.json")
+    return TokenEvalResult(
+        report_path=str(cfg.eval_dir / "report.json"), teacher_f1=teacher["f1"], student_mode=rep["student"]["mode"],
+        student_f1=rep["student"]["f1"], baseline_f1=rep["baseline"]["f1"] if "baseline" in rep else None,
+        retention=rep["retention"], compression=rep["compression"], speedup=rep["speedup"],
+        speedup_onnx=rep["speedup_onnx"], students=list(students),
+    )

@@ -1,0 +1,288 @@
+"""export for token classification: the tagger as ONNX (+ int8) with a per-word parity check, an
+MLflow pyfunc that takes raw sentences and returns entity spans, the registry gate on entity F1.
+
+Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/report.json (its
+entity F1 and retention decide the gate) and cfg.data_dir/test.parquet (parity and the int8 F1
+only). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when kept), pyfunc/,
+export_summary.json. ONNX export, quantisation, the bundle and the registry are export.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from components.export import (
+    PARITY_ATOL,
+    ParityError,
+    _read_report,
+    export_onnx,
+    ort_session,
+    pip_requirements,
+    pyfunc_bundle,
+    pyfunc_code_paths,
+    quantize_int8,
+    register,
+)
+from components.lib import data, ner_metrics, report, tracking
+from components.lib.config import PipelineConfig
+from components.lib.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRIC = "f1"
+TAGGER_MODULES = ("pyfunc.py", "tokens.py", "errors.py")  # what the pyfunc imports, shipped with it
+
+
+class TokenExportResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    onnx_path: str
+    onnx_int8_path: str | None
+    parity_max_abs_diff: float
+    f1_fp32: float  # entity F1 of the fp32 ONNX tagger on the test split
+    f1_int8: float | None
+    int8_kept: bool
+    int8_reason: str
+    pyfunc_dir: str
+    model_uri: str | None
+    registered_model: str | None
+    registered_version: str | None
+    champion: bool
+    gate_reason: str | None
+
+
+# ---------------------------------------------------------------- ONNX inference and parity
+
+def onnx_predict_word_logits(session, student, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[np.ndarray]:
+    """Pre-split sentences -> per sentence (n_covered, C) logits from ONNX Runtime, aligned exactly
+    as student_io.predict_word_logits (first piece of each covered word)."""
+    from components.lib.student_io import length_batches, pad_batch, word_ids
+
+    ids, firsts = word_ids(student, sentences)
+    out = [np.zeros((0, len(student.label_names)), np.float32)] * len(ids)
+    for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
+        batch, mask = pad_batch([ids[i] for i in idx])  # (B, T) int64 each
+        logits = session.run(["logits"], {"input_ids": batch.numpy(), "attention_mask": mask.numpy()})[0]  # (B, T, C)
+        for r, i in enumerate(idx):
+            out[i] = logits[r, firsts[i]]
+    return out
+
+
+def word_tags(word_logits: Sequence[np.ndarray], sentences: Sequence[Sequence[str]], label_names: list[str]) -> list[list[str]]:
+    """Per-word logits of the covered prefix -> a tag name for every word (cut-off words are O)."""
+    from components.lib.tokens import fill_uncovered, outside_index
+
+    outside = outside_index(label_names)
+    return [[label_names[t] for t in fill_uncovered(lg.argmax(-1) if len(lg) else np.zeros(0, np.int64), len(s), outside)]
+            for lg, s in zip(word_logits, sentences, strict=True)]
+
+
+def check_word_parity(student, session, sentences: Sequence[Sequence[str]], batch_size: int = 64) -> float:
+    """Max |torch - ORT| per-word logit over the sentences on identical padded batches; raises
+    ParityError past 1e-4 or on any per-word argmax difference."""
+    import torch
+
+    from components.lib.student_io import pad_batch, word_ids
+
+    ids, firsts = word_ids(student, sentences)
+    worst = 0.0
+    for lo in range(0, len(ids), batch_size):
+        batch, mask = pad_batch(ids[lo : lo + batch_size])
+        with torch.inference_mode():
+            ref = student.model.logits(batch, mask).float().numpy()  # (B, T, C)
+        got = session.run(["logits"], {"input_ids": batch.numpy(), "attention_mask": mask.numpy()})[0]
+        rows = range(len(batch))
+        ref_w = np.concatenate([ref[r, firsts[lo + r]] for r in rows])  # (words, C): only what is read
+        got_w = np.concatenate([got[r, firsts[lo + r]] for r in rows])
+        diff = float(np.abs(ref_w - got_w).max()) if len(ref_w) else 0.0
+        worst = max(worst, diff)
+        flips = int((ref_w.argmax(-1) != got_w.argmax(-1)).sum()) if len(ref_w) else 0
+        if diff > PARITY_ATOL or flips:
+            raise ParityError(f"ONNX parity failed on sentences {lo}..{lo + len(batch) - 1}: max |Δlogit| {diff:.2e} "
+                              f"(limit {PARITY_ATOL:.0e}), {flips} per-word argmax differences")
+    return worst
+
+
+def onnx_f1(session, student, sentences, gold: list[list[str]], batch_size: int = 256) -> float:
+    pred = word_tags(onnx_predict_word_logits(session, student, sentences, batch_size), sentences, student.label_names)
+    return ner_metrics.entity_scores(gold, pred)["f1"]
+
+
+# ---------------------------------------------------------------- pyfunc
+
+def sentence_texts(sentences: Sequence[Sequence[str]]) -> list[str]:
+    """Test sentences as the raw strings a pyfunc user would send (words joined by spaces)."""
+    return [" ".join(s) for s in sentences]
+
+
+def tagger_kwargs(bundle: Path, code_dir: Path, example_texts: list[str]) -> dict:
+    """save_model/log_model arguments of the StudentTokenTagger pyfunc."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array, Object, Property
+
+    from components.lib.pyfunc import BUNDLE, StudentTokenTagger
+
+    entity = Object([Property("entity", "string"), Property("text", "string"), Property("start", "long"),
+                     Property("end", "long"), Property("score", "double")])
+    return {
+        "python_model": StudentTokenTagger(),
+        "artifacts": {BUNDLE: str(bundle)},
+        "code_paths": pyfunc_code_paths(code_dir, TAGGER_MODULES),
+        # One unnamed string column, as for the classifier: a list of strings or a `text` DataFrame.
+        "signature": ModelSignature(inputs=Schema([ColSpec("string")]),
+                                    outputs=Schema([ColSpec(Array(entity), "entities"), ColSpec(Array("string"), "tags")])),
+        "input_example": pd.DataFrame({"text": example_texts}),
+        "pip_requirements": pip_requirements(),
+    }
+
+
+def expected_entities(session, student, texts: list[str], pretokenizer: str) -> list[list[dict]]:
+    """What the tagger must return for texts, computed outside the pyfunc (pretokenize -> ONNX
+    per-word logits -> tags -> spans), to check the saved model end to end."""
+    from components.lib.tokens import pretokenize, spans
+
+    words = [pretokenize(t, pretokenizer) for t in texts]
+    sents = [[w for w, _, _ in ws] for ws in words]
+    logits = onnx_predict_word_logits(session, student, sents)
+    out = []
+    for text, ws, lg, tags in zip(texts, words, logits, word_tags(logits, sents, student.label_names), strict=True):
+        conf = report.softmax(lg).max(axis=1) if len(lg) else np.zeros(0)
+        out.append([{"entity": typ, "text": text[ws[a][1]:ws[b - 1][2]], "start": ws[a][1], "end": ws[b - 1][2],
+                     "score": float(conf[a:b].mean())} for typ, a, b in spans(tags)])
+    return out
+
+
+def _same_entities(got: list[list[dict]], want: list[list[dict]]) -> bool:
+    key = lambda e: (e["entity"], e["text"], int(e["start"]), int(e["end"]))  # noqa: E731
+    return len(got) == len(want) and all(
+        [key(e) for e in g] == [key(e) for e in w] and np.allclose([e["score"] for e in g], [e["score"] for e in w], atol=1e-4)
+        for g, w in zip(got, want, strict=True))
+
+
+# ---------------------------------------------------------------- the step
+
+def run(cfg: PipelineConfig) -> TokenExportResult:
+    import torch
+
+    from components.lib.student_io import load_student
+
+    if cfg.export.num_threads:
+        torch.set_num_threads(cfg.export.num_threads)
+    student_dir = cfg.student_dir(cfg.student.mode)
+    student = load_student(student_dir)
+    if not student.arch.per_token:
+        raise UserError(f"{student_dir}/config.json: a {student.arch.task} student, but task is token-classification")
+    rep = _read_report(cfg)
+    if rep.get("metric") != METRIC:
+        raise UserError(f"{cfg.eval_dir / 'report.json'}: metric is {rep.get('metric')!r}, not the token report's 'f1' "
+                        "(re-run evaluate with task token-classification)")
+    test = data.read_token_labeled(cfg.data_dir / "test.parquet")
+    if test.label_names != student.label_names:
+        raise UserError(f"{student_dir}/config.json: label_names {student.label_names} differ from the test split's {test.label_names}")
+    sentences = test.table.column("tokens").to_pylist()
+    gold = ner_metrics.tag_names(test.table.column("tags").to_pylist(), test.label_names)
+    f1, retention = float(rep["student"][METRIC]), float(rep["retention"])
+    card = cfg.data_dir / "data_card.json"
+    ec = cfg.export
+
+    with tracking.step_run(cfg, "export") as tr, tempfile.TemporaryDirectory() as scratch:
+        tr.log_params({"export": ec.model_dump(mode="json"), "student_dir": str(student_dir), "mode": student.mode,
+                       "task": "token-classification", "pretokenizer": cfg.data.pretokenizer})
+        with data.atomic_dir(cfg.export_dir) as out:
+            onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
+            session = ort_session(onnx_path, ec.num_threads)
+            worst = check_word_parity(student, session, sentences)
+            f1_fp32 = onnx_f1(session, student, sentences, gold)
+            log.info("ONNX parity on %d test sentences: max |Δlogit| %.2e; entity F1 %.4f", len(sentences), worst, f1_fp32)
+
+            q = {"f1": None, "kept": False, "reason": "export.quantize is false", "path": None}
+            if ec.quantize:
+                q = _try_int8(onnx_path, out / "model.int8.onnx", student, sentences, gold, f1_fp32, cfg)
+            serve = Path(q["path"]) if (q["kept"] and ec.serve_int8) else onnx_path
+
+            import mlflow.pyfunc
+
+            extra = {"task": "token-classification", "pretokenizer": cfg.data.pretokenizer}
+            bundle = pyfunc_bundle(student_dir, serve, student, Path(scratch) / "student", extra)
+            texts = sentence_texts(sentences)
+            mlflow.pyfunc.save_model(str(out / "pyfunc"), **tagger_kwargs(bundle, Path(scratch) / "code", texts[:2]))
+            got = mlflow.pyfunc.load_model(str(out / "pyfunc")).predict(texts[:8])["entities"].tolist()
+            want = expected_entities(ort_session(serve), student, texts[:8], cfg.data.pretokenizer)
+            if not _same_entities(got, want):
+                raise ParityError(f"pyfunc entities {got} differ from ONNX {want}")
+
+            summary = {
+                "task": "token-classification", "metric": METRIC,
+                "onnx": {"path": "model.onnx", "opset": ec.opset, "bytes": onnx_path.stat().st_size,
+                         "parity_max_abs_diff": worst, METRIC: f1_fp32},
+                "int8": {k: v for k, v in q.items() if k != "path"} | {"path": q["path"] and Path(q["path"]).name},
+                "served": serve.name, "student_dir": str(student_dir), "mode": student.mode,
+                "pretokenizer": cfg.data.pretokenizer, METRIC: f1, "retention": retention, "model_uri": None,
+                "registered_model": None, "registered_version": None, "champion": False, "gate_reason": None,
+            }
+            model_uri = version = reason = None
+            champion = False
+            if tr.run_id is not None:
+                info = mlflow.pyfunc.log_model(name="model", **tagger_kwargs(bundle, Path(scratch) / "code2", texts[:2]))
+                model_uri = info.model_uri
+                if ec.register_model:
+                    tags = {
+                        "teacher": str(rep.get("teacher", {}).get("model", student.config.get("teacher", {}))),
+                        "data_card_sha256": data.sha256_file(card) if card.exists() else "",
+                        "mode": student.mode, "task": "token-classification", "metric": METRIC,
+                        METRIC: repr(f1), "retention": repr(retention), "onnx": serve.name,
+                    }
+                    if cfg.tracking.kfp_run_id:
+                        tags["kfp_run_id"] = cfg.tracking.kfp_run_id
+                    version, champion, reason = register(cfg, model_uri, tags, f1, retention, metric=METRIC)
+                else:
+                    reason = "export.register_model is false"
+            else:
+                reason = "tracking disabled: nothing registered"
+            summary.update(model_uri=model_uri, registered_model=ec.model_name if version else None,
+                           registered_version=version, champion=champion, gate_reason=reason)
+            data.write_json(out / "export_summary.json", summary)
+
+        tr.log_metrics({METRIC: f1, "retention": retention, "onnx_f1": f1_fp32, "parity_max_abs_diff": worst,
+                        "onnx_bytes": summary["onnx"]["bytes"],
+                        **report.flat_metrics({k: v for k, v in q.items() if k != "path"}, "int8.")})
+        tr.set_tags({"distilflow.champion": champion, **({"distilflow.gate": reason} if reason else {})})
+        tr.log_artifacts(cfg.export_dir, "export")
+
+    int8 = cfg.export_dir / "model.int8.onnx"
+    return TokenExportResult(
+        onnx_path=str(cfg.export_dir / "model.onnx"), onnx_int8_path=str(int8) if int8.exists() else None,
+        parity_max_abs_diff=worst, f1_fp32=f1_fp32, f1_int8=q["f1"], int8_kept=q["kept"], int8_reason=q["reason"],
+        pyfunc_dir=str(cfg.export_dir / "pyfunc"), model_uri=model_uri, registered_model=summary["registered_model"],
+        registered_version=version, champion=champion, gate_reason=reason,
+    )
+
+
+def _try_int8(fp32: Path, out: Path, student, sentences, gold, f1_fp32: float, cfg: PipelineConfig) -> dict:
+    """Quantize, re-measure entity F1 and speed; keep the file only if F1 drops <= max_quant_drop."""
+    quantize_int8(fp32, out)
+    sess8, sess32 = ort_session(out, cfg.export.num_threads), ort_session(fp32, cfg.export.num_threads)
+    f1_8 = onnx_f1(sess8, student, sentences, gold)
+    timing = report.repeat_to(sentences, cfg.evaluate.throughput_rows)
+    bs = cfg.evaluate.batch_size
+    speed8 = report.throughput(lambda b: onnx_predict_word_logits(sess8, student, b, bs), timing, bs)
+    speed32 = report.throughput(lambda b: onnx_predict_word_logits(sess32, student, b, bs), timing, bs)
+    drop = f1_fp32 - f1_8
+    kept = drop <= cfg.export.max_quant_drop
+    reason = (f"entity F1 {f1_8:.4f} vs fp32 {f1_fp32:.4f} (drop {drop:+.4f}, limit {cfg.export.max_quant_drop})"
+              + ("" if kept else ": discarded"))
+    log.info("int8: %s; %.0f vs %.0f sentences/s; %.1f vs %.1f MB", reason, speed8, speed32,
+             out.stat().st_size / 2**20, fp32.stat().st_size / 2**20)
+    result = {"f1": f1_8, "f1_drop": drop, "kept": kept, "reason": reason, "bytes": out.stat().st_size,
+              "throughput": speed8, "throughput_fp32": speed32, "path": str(out) if kept else None}
+    if not kept:
+        out.unlink()
+    return result

@@ -1,0 +1,127 @@
+"""evaluate for token classification: entity F1 equal to ner_metrics on the same predictions, the
+report's keys, per-language tables, plots, MLflow logging, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from components.lib.errors import UserError
+from tests.test_export_tokens import (  # noqa: F401 - fixtures
+    evaluated_ner_work_dir,
+    make_ner_work_dir,
+    ner_cfg,
+    tiny_ner_teacher_dir,
+    tiny_tagger_dir,
+)
+
+
+def test_tag_agreement_and_classification_report_metric():
+    from components.evaluate import build_report
+    from components.evaluate_tokens import tag_agreement
+
+    assert tag_agreement([["O", "B-PER"], ["O"]], [["O", "I-PER"], ["O"]]) == pytest.approx(2 / 3)
+    assert tag_agreement([], []) == 1.0
+    # classification reports now say which metric is the headline (retention, the export gate)
+    model = {"accuracy": 0.8, "params": 10, "throughput": 2.0, "throughput_onnx": 3.0, "latency_ms": {}, "latency_ms_onnx": {},
+             "mode": "soft"}
+    rep = build_report(_cls_cfg(), {**model, "accuracy": 1.0}, {"soft": model}, ["a", "b"], 4, None)
+    assert rep["metric"] == "accuracy" and rep["retention"] == pytest.approx(0.8)
+
+
+def _cls_cfg():
+    from components.lib.config import PipelineConfig
+
+    return PipelineConfig.model_validate({"work_dir": "w", "student": {"mode": "soft"}})
+
+
+def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, tiny_ner_teacher_dir, tiny_tagger_dir):  # noqa: F811
+    import mlflow
+
+    from components import evaluate
+    from components.lib import data, ner_metrics
+    from components.lib.student_io import load_student, predict_tags
+    from components.lib.teacher import load_teacher, score_words
+    from components.lib.tokens import fill_uncovered
+
+    torch.set_num_threads(1)
+    root = make_ner_work_dir(tmp_path / "w", tiny_bert_dir, {"labels-only": 2}, teacher=tiny_ner_teacher_dir, langs=True)
+    shutil.copytree(tiny_tagger_dir, root / "student" / "soft_repr")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = evaluate.run(ner_cfg(root, uri))
+    rep = json.loads((root / "eval" / "report.json").read_text())
+
+    assert rep["task"] == "token-classification" and rep["metric"] == "f1"
+    for key in ("teacher", "student", "baseline", "students", "retention", "params", "compression", "throughput",
+                "speedup", "speedup_onnx", "latency_ms", "environment", "label_names", "test_rows", "test_words"):
+        assert key in rep, key
+    assert rep["student"]["mode"] == "soft+repr" and rep["baseline"]["mode"] == "labels-only"
+    assert set(rep["students"]) == {"soft+repr", "labels-only"} and res.student_mode == "soft+repr"
+    assert rep["test_rows"] == 30 and rep["languages"] == ["en", "xx"] and rep["entity_types"] == ["LOC", "ORG", "PER"]
+
+    # The F1 figures are ner_metrics' on the same predictions, recomputed here outside the step.
+    test = data.read_token_labeled(root / "data" / "test.parquet")
+    sents = test.table.column("tokens").to_pylist()
+    gold = ner_metrics.tag_names(test.table.column("tags").to_pylist(), test.label_names)
+    langs = test.table.column("lang").to_pylist()
+    student_pred = predict_tags(load_student(root / "student" / "soft_repr"), sents)
+    model, tok = load_teacher(root / "teacher", task="token-classification")
+    logits, _ = score_words(model, tok, sents, 48, 16)
+    teacher_pred = [[test.label_names[t] for t in fill_uncovered(lg.argmax(-1), len(s), 0)] for lg, s in zip(logits, sents, strict=True)]
+    for got, pred in ((rep["student"], student_pred), (rep["teacher"], teacher_pred)):
+        want = ner_metrics.entity_scores(gold, pred)
+        for k in ("f1", "precision", "recall", "macro_f1", "token_accuracy", "per_type"):
+            assert got[k] == want[k], k  # exact: JSON round-trips floats
+        assert got["per_language"] == ner_metrics.by_language(gold, pred, langs)
+    assert rep["student"]["f1"] > 0.5 and rep["student"]["f1"] > rep["baseline"]["f1"]  # 60 steps vs 2
+    same = sum(a == b for s, t in zip(student_pred, teacher_pred, strict=True) for a, b in zip(s, t, strict=True))
+    assert rep["student"]["agreement"] == pytest.approx(same / sum(map(len, sents)))
+
+    assert rep["retention"] == pytest.approx(rep["student"]["f1"] / rep["teacher"]["f1"]) == pytest.approx(res.retention)
+    assert res.teacher_f1 == rep["teacher"]["f1"] and res.student_f1 == rep["student"]["f1"] == res.student_f1
+    assert res.baseline_f1 == rep["baseline"]["f1"]
+    assert rep["compression"] == pytest.approx(rep["params"]["teacher"] / rep["params"]["student"])
+    assert rep["speedup"] == pytest.approx(rep["throughput"]["student"] / rep["throughput"]["teacher"])
+    assert rep["params"]["teacher"] > rep["params"]["student"] > 0
+    for m in (rep["teacher"], rep["student"]):
+        assert m["throughput"] > 0 and m["latency_ms"]["p95"] >= m["latency_ms"]["p50"] > 0
+    assert rep["student"]["throughput_onnx"] > 0 and rep["student"]["latency_ms_onnx"]["p50"] > 0
+    assert rep["environment"]["torch_threads"] == 1
+
+    md = (root / "eval" / "report.md").read_text()
+    assert "Entity F1 per type" in md and "| PER |" in md and "Entity F1 per language" in md and "| xx |" in md
+    assert "student `labels-only`" in md and "Retention" in md
+    for name in ("f1_vs_speed.png", "f1_per_type.png"):
+        assert (root / "eval" / name).read_bytes()[:4] == b"\x89PNG"
+
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.tags["distilflow.step"] == "evaluate" and run.data.tags["distilflow.task"] == "token-classification"
+    assert run.data.metrics["retention"] == pytest.approx(rep["retention"])
+    assert run.data.metrics["student.f1"] == pytest.approx(rep["student"]["f1"])
+    assert run.data.metrics["students.soft_repr.per_language.xx.f1"] == pytest.approx(rep["student"]["per_language"]["xx"]["f1"])
+    assert "baseline.f1" in run.data.metrics
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/report.json", "eval/report.md"}
+
+
+def test_token_evaluate_without_lang_and_bad_inputs(evaluated_ner_work_dir, tmp_path, tiny_bert_dir, tiny_tagger_dir):  # noqa: F811
+    from components import evaluate
+
+    rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
+    assert "per_language" not in rep["student"] and rep["languages"] is None and "baseline" not in rep
+    assert "per language" not in (evaluated_ner_work_dir / "eval" / "report.md").read_text()
+
+    # a teacher without a token-classification head (the bare tiny BertModel) is refused
+    with pytest.raises(UserError, match="not a token classifier"):
+        evaluate.run(ner_cfg(evaluated_ner_work_dir, None, transfer={"teacher": str(tiny_bert_dir)},
+                             evaluate={"output_dir": str(tmp_path / "eval")}))
+    # a classification student is refused with the dir named
+    from tests.test_export import build_tiny_student
+
+    cls_student = build_tiny_student(tmp_path / "cls", tiny_bert_dir, steps=0)
+    with pytest.raises(UserError, match="sequence-classification student"):
+        evaluate.run(ner_cfg(evaluated_ner_work_dir, None, evaluate={"output_dir": str(tmp_path / "eval")}),
+                     student_dirs={"soft+repr": cls_student})

@@ -1,0 +1,348 @@
+"""export for token classification: per-word ONNX parity (and its failure), int8, the NER pyfunc over
+raw sentences (entity spans with character offsets), a run without tracking, the registry gate on F1.
+
+Also home of the tiny NER builders the token evaluate tests share: a 2-layer BERT token classifier
+and BiLSTM taggers trained for a few steps on the synthetic PER/LOC/ORG task with the real MiniLM
+tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components.lib.config import PipelineConfig
+from tests.conftest import NER_TAGS, make_ner_sentences, write_tiny_ner_task
+
+MAX_LEN = 24  # student pieces: short enough that long inputs get cut off
+
+
+# ---------------------------------------------------------------- tiny models (shared)
+
+def _piece_batch(tok, sentences, tags, max_length):
+    """Pre-split sentences + tag ids -> teacher piece ids (ragged), per-piece labels (-100 off first pieces)."""
+    from components.lib.tokens import encode_words, piece_labels
+
+    enc = encode_words(tok, sentences, max_length)
+    labels = [piece_labels(enc.first_piece[i], tags[i], len(enc.input_ids[i])) for i in range(len(sentences))]
+    return enc.input_ids, labels
+
+
+def _pad(rows, value):
+    t = max(len(r) for r in rows)
+    return torch.tensor(np.stack([np.pad(r, (0, t - len(r)), constant_values=value) for r in rows]))
+
+
+def build_tiny_token_teacher(out: Path, base_dir: Path, steps: int = 40) -> Path:
+    """A 2-layer, 32-wide BertForTokenClassification over NER_TAGS (from tiny_bert_dir), trained `steps` steps."""
+    from components.lib.teacher import load_teacher
+
+    torch.manual_seed(0)
+    model, tok = load_teacher(base_dir, label_names=NER_TAGS, task="token-classification")
+    sents, tags, _ = make_ner_sentences(80, seed=5)
+    ids, labels = _piece_batch(tok, sents, tags, 48)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(sents), (16,), generator=gen).tolist()
+        x = _pad([ids[i] for i in idx], tok.pad_token_id)
+        loss = model(input_ids=x, attention_mask=(x != tok.pad_token_id).long(), labels=_pad([labels[i] for i in idx], -100)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, seed: int = 0, mode: str = "soft+repr") -> Path:
+    """A 16-wide BiLSTM tagger over the trimmed MiniLM vocab, trained `steps` Adam steps on gold tags."""
+    from transformers import AutoTokenizer
+
+    from components.lib.student import PAD, BiLSTMStudent, StudentArch, VocabMap
+    from components.lib.student_io import save_student
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    sents, tags, names = make_ner_sentences(80, seed=5)
+    ids, labels = _piece_batch(tok, sents, tags, MAX_LEN)
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)
+    for x in ids:
+        np.add.at(counts, x, 1)
+    vocab = VocabMap.from_counts(counts, 1, None, [tok.cls_token_id, tok.sep_token_id], tok.pad_token_id, tok.unk_token_id)
+    arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32,
+                       num_labels=len(names), task="token-classification")
+    torch.manual_seed(seed)
+    model = BiLSTMStudent(arch)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(sents), (32,), generator=gen).tolist()
+        x = _pad([vocab.encode(ids[i]).astype(np.int64) for i in idx], PAD)  # (B, T) student ids
+        y = _pad([labels[i] for i in idx], -100)  # (B, T)
+        logits = model.logits(x, (x != PAD).long())  # (B, T, C)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, arch.num_labels), y.reshape(-1), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    save_student(out, model, arch, vocab, tok, names, mode, MAX_LEN, teacher={"model": "tiny-bert-ner"})
+    return out
+
+
+def make_ner_work_dir(root: Path, base_dir: Path, students: dict[str, int], teacher: Path | None = None,
+                      langs: bool = False) -> Path:
+    """work_dir with data/, teacher/ and student/<mode>/ (mode -> training steps), as the steps lay it out."""
+    write_tiny_ner_task(root / "data", langs=langs)
+    if teacher is None:
+        build_tiny_token_teacher(root / "teacher", base_dir)
+    else:
+        shutil.copytree(teacher, root / "teacher")
+    for mode, steps in students.items():
+        build_tiny_token_student(root / "student" / mode.replace("+", "_"), base_dir, steps=steps, mode=mode)
+    return root
+
+
+def ner_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineConfig:
+    raw = {
+        "task": "token-classification",
+        "work_dir": str(work_dir),
+        "teacher": {"max_length": 48},
+        "evaluate": {"batch_size": 16, "throughput_rows": 32, "latency_runs": 3, "num_threads": 1},
+        "export": {"num_threads": 1, "model_name": "tiny-tagger"},
+        "tracking": {"enabled": tracking_uri is not None, "uri": tracking_uri, "experiment": "tests"},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return PipelineConfig.model_validate(raw)
+
+
+def torch_entities(student, texts: list[str], mode: str = "words") -> list[list[tuple[str, str, int, int]]]:
+    """The torch student's spans over raw texts: pretokenize -> predict_tags -> tokens.spans -> char offsets."""
+    from components.lib.student_io import predict_tags
+    from components.lib.tokens import pretokenize, spans
+
+    words = [pretokenize(t, mode) for t in texts]
+    tags = predict_tags(student, [[w for w, _, _ in ws] for ws in words])
+    return [[(typ, text[ws[a][1]:ws[b - 1][2]], ws[a][1], ws[b - 1][2]) for typ, a, b in spans(t)]
+            for text, ws, t in zip(texts, words, tags, strict=True)]
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_teacher_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    torch.set_num_threads(1)
+    return build_tiny_token_teacher(tmp_path_factory.mktemp("ner-teacher") / "teacher", tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    torch.set_num_threads(1)
+    return build_tiny_token_student(tmp_path_factory.mktemp("tagger") / "soft_repr", tiny_bert_dir)
+
+
+@pytest.fixture(scope="module")
+def evaluated_ner_work_dir(tmp_path_factory, tiny_bert_dir, tiny_ner_teacher_dir, tiny_tagger_dir) -> Path:
+    """A token work_dir after evaluate (tracking off): data, teacher, a trained soft+repr tagger, eval/."""
+    from components import evaluate
+
+    torch.set_num_threads(1)
+    root = make_ner_work_dir(tmp_path_factory.mktemp("ner-work"), tiny_bert_dir, {}, teacher=tiny_ner_teacher_dir)
+    shutil.copytree(tiny_tagger_dir, root / "student" / "soft_repr")
+    evaluate.run(ner_cfg(root, None, student={"baseline": False}))
+    return root
+
+
+TEXTS = [
+    "yesterday Alice met Bob Smith near New York.",
+    "acme corp hired carol jones in paris",
+    "",
+    "  globex , initech and hooli said that umbrella group will grow  ",
+    "the office of acme corp is in cape town " * 6,  # past MAX_LEN pieces: the tail is cut off (O)
+]
+
+
+# ---------------------------------------------------------------- tests
+
+def test_tagger_onnx_parity_dynamic_axes_and_int8(tiny_tagger_dir, tmp_path):
+    from components.export import export_onnx, ort_session, quantize_int8
+    from components.export_tokens import check_word_parity, onnx_f1, onnx_predict_word_logits
+    from components.lib import ner_metrics
+    from components.lib.student_io import load_student, pad_batch, predict_word_logits, word_ids
+
+    st = load_student(tiny_tagger_dir)
+    sents, tags, _ = make_ner_sentences(20, seed=9)
+    path = export_onnx(st, tmp_path / "m.onnx", 17)
+    sess = ort_session(path, 1)
+    assert check_word_parity(st, sess, sents) <= 1e-4
+    # Dynamic batch and sequence: shapes never seen at export time give the torch numbers, per piece.
+    for batch in (sents[:1], sents[:7], [sum(sents[:4], [])]):
+        ids, mask = pad_batch(word_ids(st, batch)[0])
+        got = sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        assert got.shape == (len(batch), ids.shape[1], len(NER_TAGS))
+        np.testing.assert_allclose(got, st.model.logits(ids, mask).detach().numpy(), atol=1e-4)
+    ref = predict_word_logits(st, sents)
+    for a, b in zip(onnx_predict_word_logits(sess, st, sents), ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    gold = ner_metrics.tag_names(tags, NER_TAGS)
+    f1 = onnx_f1(sess, st, sents, gold)
+    assert f1 > 0.5  # the tiny tagger learned the task, so the int8 comparison means something
+    q = quantize_int8(path, tmp_path / "m8.onnx")
+    assert q.stat().st_size < path.stat().st_size
+    assert onnx_f1(ort_session(q, 1), st, sents, gold) >= f1 - 0.1
+
+
+def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
+    from components.export import ParityError, export_onnx, ort_session
+    from components.export_tokens import check_word_parity
+    from components.lib.student_io import load_student
+
+    st = load_student(tiny_tagger_dir)
+    sess = ort_session(export_onnx(st, tmp_path / "m.onnx", 17), 1)
+    with torch.no_grad():  # the torch model drifts away from what was exported
+        st.model.classifier.bias[3] += 50.0
+    with pytest.raises(ParityError, match="per-word argmax"):
+        check_word_parity(st, sess, make_ner_sentences(5, seed=1)[0])
+
+
+def test_tagger_pyfunc_returns_the_students_spans(tiny_tagger_dir, tmp_path):
+    from components.export import export_onnx, pyfunc_bundle
+    from components.lib import report
+    from components.lib.pyfunc import StudentTokenTagger
+    from components.lib.student_io import load_student, predict_tags, predict_word_logits
+    from components.lib.tokens import pretokenize
+
+    st = load_student(tiny_tagger_dir)
+    bundle = pyfunc_bundle(tiny_tagger_dir, export_onnx(st, tmp_path / "model.onnx", 17), st, tmp_path / "student",
+                           {"task": "token-classification", "pretokenizer": "words"})
+    assert not list(bundle.glob("*.safetensors"))  # ONNX only: no torch needed to serve
+    model = StudentTokenTagger()
+    model._load(bundle)
+    out = model.predict(None, pd.DataFrame({"text": TEXTS}))
+    assert list(out.columns) == ["entities", "tags"] and len(out) == len(TEXTS)
+    want = torch_entities(st, TEXTS)
+    assert sum(map(len, want)) >= 4  # the tagger finds entities, so the comparison means something
+    for text, ents, expected in zip(TEXTS, out["entities"], want, strict=True):
+        assert [(e["entity"], e["text"], e["start"], e["end"]) for e in ents] == expected
+        for e in ents:
+            assert text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+    # tags: one per pre-tokenised word, equal to the torch student's, the cut-off tail O
+    words = [[w for w, _, _ in pretokenize(t)] for t in TEXTS]
+    assert out["tags"].tolist() == predict_tags(st, words)
+    assert len(out["tags"][4]) == len(words[4]) and set(out["tags"][4][MAX_LEN:]) == {"O"}
+    # score: the mean over the span's words of the max softmax probability
+    first = out["entities"][0][0]
+    ws = pretokenize(TEXTS[0])
+    a = next(i for i, w in enumerate(ws) if w[1] == first["start"])
+    b = next(i for i, w in enumerate(ws) if w[2] == first["end"]) + 1
+    conf = report.softmax(predict_word_logits(st, [words[0]])[0]).max(axis=1)
+    assert first["score"] == pytest.approx(conf[a:b].mean(), abs=1e-5)
+    # other input shapes MLflow passes through
+    assert model.predict(None, TEXTS[:2])["tags"].tolist() == out["tags"].tolist()[:2]
+    assert model.predict(None, TEXTS[1])["entities"].tolist() == out["entities"].tolist()[1:2]
+
+
+def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_work_dir, tmp_path):
+    import mlflow.pyfunc
+
+    from components import export
+    from components.lib.student_io import load_student
+
+    cfg = ner_cfg(evaluated_ner_work_dir, None, export={"output_dir": str(tmp_path / "export")})
+    res = export.run(cfg)
+    out = tmp_path / "export"
+    summary = json.loads((out / "export_summary.json").read_text())
+    assert res.parity_max_abs_diff <= 1e-4 and summary["onnx"]["parity_max_abs_diff"] == res.parity_max_abs_diff
+    assert summary["task"] == "token-classification" and summary["metric"] == "f1" and summary["pretokenizer"] == "words"
+    rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
+    assert summary["f1"] == rep["student"]["f1"] and summary["retention"] == rep["retention"]
+    assert res.f1_fp32 == pytest.approx(rep["student"]["f1"], abs=1e-9)  # ONNX tags = torch tags on the test split
+    assert res.f1_int8 is not None and res.int8_kept == (out / "model.int8.onnx").exists()
+    assert res.registered_version is None and not res.champion and "tracking disabled" in res.gate_reason
+    assert (out / "model.onnx").stat().st_size > 1000 and (out / "pyfunc" / "MLmodel").exists()
+    assert {p.name for p in (out / "pyfunc" / "code" / "components" / "lib").iterdir()} >= {"pyfunc.py", "tokens.py", "errors.py"}
+
+    loaded = mlflow.pyfunc.load_model(str(out / "pyfunc"))
+    assert loaded.metadata.signature.outputs.input_names() == ["entities", "tags"]
+    pred = loaded.predict(pd.DataFrame({"text": TEXTS}))
+    want = torch_entities(load_student(cfg.student_dir(cfg.student.mode)), TEXTS)
+    got = [[(e["entity"], e["text"], e["start"], e["end"]) for e in ents] for ents in pred["entities"]]
+    assert got == want and sum(map(len, got)) >= 4
+    assert all(t[e["start"]:e["end"]] == e["text"] for t, ents in zip(TEXTS, pred["entities"], strict=True) for e in ents)
+    assert loaded.predict(TEXTS)["entities"].tolist() == pred["entities"].tolist()
+
+
+def test_token_export_refuses_a_classification_report(evaluated_ner_work_dir, tmp_path):
+    from components import export
+    from components.lib.errors import UserError
+
+    root = tmp_path / "w"
+    shutil.copytree(evaluated_ner_work_dir, root)
+    rep = json.loads((root / "eval" / "report.json").read_text())
+    (root / "eval" / "report.json").write_text(json.dumps({**rep, "metric": "accuracy"}))
+    with pytest.raises(UserError, match="metric is 'accuracy'"):
+        export.run(ner_cfg(root, None))
+
+
+@pytest.mark.integration
+def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
+    import mlflow
+
+    from components import export
+    from components.lib.student_io import load_student
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
+    f1, retention = rep["student"]["f1"], rep["retention"]
+
+    def export_run(name: str, **ec):
+        return export.run(ner_cfg(evaluated_ner_work_dir, uri, export={"quantize": False, "output_dir": str(tmp_path / name), **ec}))
+
+    first = export_run("a", min_retention=0.0)
+    assert (first.registered_version, first.champion, first.gate_reason) == ("1", True, None)
+    client = mlflow.MlflowClient(uri)
+    mv = client.get_model_version_by_alias("tiny-tagger", "champion")
+    assert mv.tags["metric"] == "f1" and mv.tags["task"] == "token-classification"
+    assert float(mv.tags["f1"]) == pytest.approx(f1, abs=1e-9) and float(mv.tags["retention"]) == pytest.approx(retention)
+    # a bar above the student's retention: registered, but the alias stays
+    assert retention < 1.9  # precondition: export.min_retention goes up to 2
+    bar = min(2.0, retention + 0.5)
+    second = export_run("b", min_retention=bar)
+    assert second.registered_version == "2" and not second.champion
+    assert second.gate_reason == f"retention {retention:.4f} < export.min_retention {bar:.4f}"
+    assert str(client.get_model_version_by_alias("tiny-tagger", "champion").version) == "1"
+    # The champion loads by alias in a fresh process outside the repo (cwd elsewhere, no PYTHONPATH):
+    # the tagger and the tokens.py/errors.py it imports come from the model's code_paths.
+    script = textwrap.dedent("""
+        import json, sys
+        import mlflow.pyfunc
+        model = mlflow.pyfunc.load_model("models:/tiny-tagger@champion")
+        out = model.predict(["acme corp hired carol jones in paris", ""])
+        mod = sys.modules["components.lib.tokens"].__file__
+        print(json.dumps({"entities": out["entities"].tolist(), "tags": out["tags"].tolist(), "tokens": mod}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "/code/" in got["tokens"] and str(Path(__file__).parents[1]) not in got["tokens"]
+    text = "acme corp hired carol jones in paris"
+    want = torch_entities(load_student(evaluated_ner_work_dir / "student" / "soft_repr"), [text])[0]
+    assert [(e["entity"], e["text"], e["start"], e["end"]) for e in got["entities"][0]] == want and want
+    assert got["entities"][1] == [] and got["tags"][1] == []
+
+
+def test_gate_names_the_headline_metric():
+    from components.export import gate
+
+    assert gate(0.5, 1.0, 0.9, 0.6, "2", metric="f1") == "test f1 0.5000 below champion v2 (0.6000)"
+    assert gate(0.6, 1.0, 0.9, 0.6, "2", metric="f1") is None  # as good as the champion
