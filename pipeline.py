@@ -266,10 +266,11 @@ def _log_parent(cfg: PipelineConfig, parent: str, report: dict, summary: dict) -
     from components.lib import tracking
 
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    metric = report.get("metric", "accuracy")
     headline = {
-        "teacher.accuracy": (report.get("teacher") or {}).get("accuracy"),
-        "student.accuracy": (report.get("student") or {}).get("accuracy"),
-        "baseline.accuracy": (report.get("baseline") or {}).get("accuracy"),
+        f"teacher.{metric}": (report.get("teacher") or {}).get(metric),
+        f"student.{metric}": (report.get("student") or {}).get(metric),
+        f"baseline.{metric}": (report.get("baseline") or {}).get(metric),
         "retention": report.get("retention"), "compression": report.get("compression"),
         "speedup": report.get("speedup"), "pipeline_seconds": summary["seconds"],
     }

@@ -151,7 +151,7 @@ class EvaluateConfig(Strict):
 class ExportConfig(Strict):
     opset: int = Field(17, ge=11, description="ONNX opset")
     quantize: bool = Field(True, description="try int8 dynamic quantization")
-    max_quant_drop: float = Field(0.01, ge=0, le=1, description="largest accuracy drop that keeps the int8 model")
+    max_quant_drop: float = Field(0.01, ge=0, le=1, description="largest drop of the test metric (accuracy, or entity F1 for token classification) that keeps the int8 model")
     register_model: bool = Field(True, description="register the pyfunc in the MLflow model registry")
     model_name: str = Field("distilflow-student", min_length=1, description="registered model name")
     min_retention: float = Field(0.97, ge=0, le=2, description="student/teacher accuracy needed for champion")

@@ -15,7 +15,10 @@ def _millions(value: Any) -> str:
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """One row per model: accuracy, macro-F1, params, compression, examples/s, speed-up vs the teacher."""
+    """One row per model: accuracy (entity F1 for token classification), macro-F1, params,
+    compression, examples/s, speed-up vs the teacher."""
+    metric = report.get("metric", "accuracy")
+    title = "entity-F1" if metric == "f1" else metric
     teacher = report.get("teacher") or {}
     chosen = (report.get("student") or {}).get("mode")
     students = report.get("students") or ({chosen: report["student"]} if "student" in report else {})
@@ -24,17 +27,17 @@ def summary_table(report: dict[str, Any]) -> str:
     for mode, m in students.items():
         role = "student" if mode == chosen else ("baseline" if mode == "labels-only" else "ablation")
         rows.append((f"{role} ({mode})", m))
-    header = f"{'model':<26}{'accuracy':>9}{'macro-F1':>10}{'params':>9}{'compress':>10}{'ex/s':>9}{'speedup':>9}"
+    header = f"{'model':<26}{title:>10}{'macro-F1':>10}{'params':>9}{'compress':>10}{'ex/s':>9}{'speedup':>9}"
     lines = [header, "-" * len(header)]
     for name, m in rows:
         params, speed = m.get("params"), m.get("throughput")
         compress = t_params / params if isinstance(params, int | float) and params and t_params else None
         speedup = speed / t_speed if isinstance(speed, int | float) and t_speed else None
         lines.append(
-            f"{name:<26}{_num(m.get('accuracy'), '.3f'):>9}{_num(m.get('macro_f1'), '.3f'):>10}{_millions(params):>9}"
+            f"{name:<26}{_num(m.get(metric), '.3f'):>10}{_num(m.get('macro_f1'), '.3f'):>10}{_millions(params):>9}"
             f"{_num(compress, '.1f') + 'x':>10}{_num(speed, '.0f'):>9}{_num(speedup, '.1f') + 'x':>9}"
         )
-    lines.append(f"retention (student/teacher accuracy): {_num(report.get('retention'), '.3f')}")
+    lines.append(f"retention (student/teacher {title}): {_num(report.get('retention'), '.3f')}")
     return "\n".join(lines)
 
 
