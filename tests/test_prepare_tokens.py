@@ -196,6 +196,21 @@ def test_unlabeled_text_pretokenized_overlap_dropped_and_capped(tmp_path):
     assert c["sources"]["unlabeled"]["pretokenizer"] == "whitespace"
 
 
+def test_demo_health_tweets_fill_the_transfer_set_after_the_source_rest(tmp_path):
+    """The NER demo's transfer set: WNUT's own leftover tweets are all kept, the packaged
+    health-news tweets only fill the room left under max_transfer_rows."""
+    result = prepare_tokens.run(config(tmp_path, source="demo:wnut16", unlabeled_source="demo:healthtweets",
+                                       train_sentences=300, dev_sentences=150, max_transfer_rows=2000))
+    c = card(Path(result.data_dir))
+    rest = 2394 - result.duplicates_removed + c["removed"]["duplicates"]["unlabeled"] - result.rows["test"] - 450
+    assert c["transfer"]["from_train"] == rest and c["transfer"]["from_unlabeled"] == 2000 - rest
+    assert c["removed"]["duplicates"]["unlabeled"] > 0 and set(c["checks"].values()) == {0}
+    transfer = read_all(Path(result.data_dir))["transfer"]
+    assert len(transfer) == 2000 and transfer["id"].str.startswith("unsup/").sum() == 2000 - rest
+    tweet = transfer[transfer["id"].str.startswith("unsup/")].iloc[0]
+    assert len(tweet["tokens"]) > 0 and all(w.strip() for w in tweet["tokens"])
+
+
 # ---------------------------------------------------------------- user errors
 
 def test_errors_in_process(tmp_path, monkeypatch):

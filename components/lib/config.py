@@ -44,7 +44,7 @@ class StudentMode(str, Enum):
 class DataConfig(Strict):
     source: str = Field("demo:bbc-news", description="demo:bbc-news, demo:wnut16, a datasets name or dir, or a CSV/JSONL/Parquet/CoNLL file")
     test_source: str | None = Field(None, description="file holding the official test split (else the source's 'test' split or a held-out one)")
-    unlabeled_source: str | None = Field(None, description="extra unlabeled file or dataset appended to the transfer set")
+    unlabeled_source: str | None = Field(None, description="extra unlabeled file or dataset appended to the transfer set (demo:healthtweets: 63k English tweets, for NER)")
     format: Literal["auto", "csv", "jsonl", "parquet", "hf", "conll"] = Field("auto", description="how to read file sources; auto guesses from the suffix (.conll/.iob/.bio/.txt: CoNLL)")
     dataset_config: str | None = Field(None, description="Hugging Face dataset configuration name")
     train_split: str = Field("train", description="split name holding the labeled training data")
