@@ -13,8 +13,9 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -355,26 +356,37 @@ def run(cfg: PipelineConfig) -> ExportResult | TokenExportResult:
     )
 
 
-def _try_int8(fp32: Path, out: Path, student, texts, labels, acc_fp32: float, cfg: PipelineConfig) -> dict:
-    """Quantize, re-measure accuracy and speed; keep the file only if accuracy drops <= max_quant_drop."""
+def try_int8(fp32: Path, out: Path, cfg: PipelineConfig, *, metric: str, label: str, base: float,
+             measure: Callable[[Any], float], predict: Callable[[Any, list], Any], items: list, unit: str) -> dict:
+    """Quantize, re-measure the test metric (measure(session)) and speed (predict(session, batch));
+    keep the int8 file only if the metric drops <= export.max_quant_drop."""
     quantize_int8(fp32, out)
     sess8, sess32 = ort_session(out, cfg.export.num_threads), ort_session(fp32, cfg.export.num_threads)
-    acc8 = float((onnx_predict_logits(sess8, student, texts).argmax(1) == labels).mean())
-    timing = report.repeat_to(texts, cfg.evaluate.throughput_rows)
+    value8 = measure(sess8)
+    timing = report.repeat_to(items, cfg.evaluate.throughput_rows)
     bs = cfg.evaluate.batch_size
-    speed8 = report.throughput(lambda b: onnx_predict_logits(sess8, student, b, bs), timing, bs)
-    speed32 = report.throughput(lambda b: onnx_predict_logits(sess32, student, b, bs), timing, bs)
-    drop = acc_fp32 - acc8
+    speed8 = report.throughput(lambda b: predict(sess8, b), timing, bs)
+    speed32 = report.throughput(lambda b: predict(sess32, b), timing, bs)
+    drop = base - value8
     kept = drop <= cfg.export.max_quant_drop
-    reason = (f"accuracy {acc8:.4f} vs fp32 {acc_fp32:.4f} (drop {drop:+.4f}, limit {cfg.export.max_quant_drop})"
+    reason = (f"{label} {value8:.4f} vs fp32 {base:.4f} (drop {drop:+.4f}, limit {cfg.export.max_quant_drop})"
               + ("" if kept else ": discarded"))
-    log.info("int8: %s; %.0f vs %.0f examples/s; %.1f vs %.1f MB", reason, speed8, speed32,
+    log.info("int8: %s; %.0f vs %.0f %s/s; %.1f vs %.1f MB", reason, speed8, speed32, unit,
              out.stat().st_size / 2**20, fp32.stat().st_size / 2**20)
-    result = {"accuracy": acc8, "accuracy_drop": drop, "kept": kept, "reason": reason, "bytes": out.stat().st_size,
+    result = {metric: value8, f"{metric}_drop": drop, "kept": kept, "reason": reason, "bytes": out.stat().st_size,
               "throughput": speed8, "throughput_fp32": speed32, "path": str(out) if kept else None}
     if not kept:
         out.unlink()
     return result
+
+
+def _try_int8(fp32: Path, out: Path, student, texts, labels, acc_fp32: float, cfg: PipelineConfig) -> dict:
+    bs = cfg.evaluate.batch_size
+    return try_int8(
+        fp32, out, cfg, metric="accuracy", label="accuracy", base=acc_fp32, items=texts, unit="examples",
+        measure=lambda sess: float((onnx_predict_logits(sess, student, texts).argmax(1) == labels).mean()),
+        predict=lambda sess, b: onnx_predict_logits(sess, student, b, bs),
+    )
 
 
 def main(argv=None):

@@ -26,8 +26,8 @@ from components.export import (
     pip_requirements,
     pyfunc_bundle,
     pyfunc_code_paths,
-    quantize_int8,
     register,
+    try_int8,
 )
 from components.lib import data, ner_metrics, report, tracking
 from components.lib.config import PipelineConfig
@@ -267,22 +267,9 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
 
 
 def _try_int8(fp32: Path, out: Path, student, sentences, gold, f1_fp32: float, cfg: PipelineConfig) -> dict:
-    """Quantize, re-measure entity F1 and speed; keep the file only if F1 drops <= max_quant_drop."""
-    quantize_int8(fp32, out)
-    sess8, sess32 = ort_session(out, cfg.export.num_threads), ort_session(fp32, cfg.export.num_threads)
-    f1_8 = onnx_f1(sess8, student, sentences, gold)
-    timing = report.repeat_to(sentences, cfg.evaluate.throughput_rows)
     bs = cfg.evaluate.batch_size
-    speed8 = report.throughput(lambda b: onnx_predict_word_logits(sess8, student, b, bs), timing, bs)
-    speed32 = report.throughput(lambda b: onnx_predict_word_logits(sess32, student, b, bs), timing, bs)
-    drop = f1_fp32 - f1_8
-    kept = drop <= cfg.export.max_quant_drop
-    reason = (f"entity F1 {f1_8:.4f} vs fp32 {f1_fp32:.4f} (drop {drop:+.4f}, limit {cfg.export.max_quant_drop})"
-              + ("" if kept else ": discarded"))
-    log.info("int8: %s; %.0f vs %.0f sentences/s; %.1f vs %.1f MB", reason, speed8, speed32,
-             out.stat().st_size / 2**20, fp32.stat().st_size / 2**20)
-    result = {"f1": f1_8, "f1_drop": drop, "kept": kept, "reason": reason, "bytes": out.stat().st_size,
-              "throughput": speed8, "throughput_fp32": speed32, "path": str(out) if kept else None}
-    if not kept:
-        out.unlink()
-    return result
+    return try_int8(
+        fp32, out, cfg, metric="f1", label="entity F1", base=f1_fp32, items=sentences, unit="sentences",
+        measure=lambda sess: onnx_f1(sess, student, sentences, gold),
+        predict=lambda sess, b: onnx_predict_word_logits(sess, student, b, bs),
+    )

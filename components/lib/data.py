@@ -271,14 +271,20 @@ def iter_transfer(path: str | Path, start: int = 0, stop: int | None = None) -> 
     """Stream rows [start, stop) of a transfer table one row group at a time (bounded memory)."""
     pf = _open(path)
     _check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
+    yield from _row_groups(pf, path, TRANSFER_SCHEMA.names, start, stop, _check_texts)
+
+
+def _row_groups(pf: pq.ParquetFile, path: str | Path, columns: list[str], start: int, stop: int | None,
+                check) -> Iterator[pa.Table]:
+    """Rows [start, stop) of `columns`, read and validated one row group at a time."""
     stop = pf.metadata.num_rows if stop is None else stop
     offset = 0
     for rg in range(pf.num_row_groups):
         n = pf.metadata.row_group(rg).num_rows
         lo, hi = max(start, offset), min(stop, offset + n)
         if lo < hi:
-            part = pf.read_row_group(rg, columns=TRANSFER_SCHEMA.names).slice(lo - offset, hi - lo)
-            _check_texts(part, path)
+            part = pf.read_row_group(rg, columns=columns).slice(lo - offset, hi - lo)
+            check(part, path)
             yield part
         offset += n
         if offset >= stop:
@@ -539,18 +545,7 @@ def iter_token_transfer(path: str | Path, start: int = 0, stop: int | None = Non
     """Stream rows [start, stop) of a token transfer table one row group at a time."""
     pf = _open(path)
     cols = _token_columns(pf.schema_arrow, path, TOKEN_TRANSFER_SCHEMA)
-    stop = pf.metadata.num_rows if stop is None else stop
-    offset = 0
-    for rg in range(pf.num_row_groups):
-        n = pf.metadata.row_group(rg).num_rows
-        lo, hi = max(start, offset), min(stop, offset + n)
-        if lo < hi:
-            part = pf.read_row_group(rg, columns=cols).slice(lo - offset, hi - lo)
-            _check_tokens(part, path)
-            yield part
-        offset += n
-        if offset >= stop:
-            break
+    yield from _row_groups(pf, path, cols, start, stop, _check_tokens)
 
 
 def check_token_pseudo_schema(schema: pa.Schema, path: str | Path) -> dict[str, object]:
