@@ -1,0 +1,135 @@
+"""Words, word pieces and tags (components/lib/tokens.py) with the real MiniLM WordPiece tokenizer:
+the one alignment rule every token-classification step relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from components.lib import data, tokens
+from components.lib.errors import DataError, UserError
+
+
+@pytest.fixture(scope="module")
+def tok(packaged_teacher_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(packaged_teacher_dir)
+
+
+SENTENCES = [
+    ["Empire", "State", "Building", "=", "ESB", "unbelievably"],
+    ["@paulwalk", "It", "'s", "the", "view"],
+    ["hi"],
+]
+TAGS = [[1, 2, 2, 0, 1, 0], [3, 0, 0, 0, 0], [0]]
+
+
+def test_first_piece_of_every_word(tok):
+    enc = tokens.encode_words(tok, SENTENCES, max_length=64)
+    for words, ids, first in zip(SENTENCES, enc.input_ids, enc.first_piece, strict=True):
+        pieces = tok.convert_ids_to_tokens(ids.tolist())
+        assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]" and len(first) == len(words)
+        assert np.all(np.diff(first) > 0)  # strictly increasing: one first piece per word, in order
+        for w, pos in zip(words, first, strict=True):
+            # the word's own pieces start at its first piece and re-join to the (lower-cased) word
+            piece = pieces[pos]
+            assert not piece.startswith("##") and w.lower().startswith(piece)
+    assert tok.convert_ids_to_tokens(enc.input_ids[0].tolist())[5:8] == ["es", "##b", "un"]  # ESB -> es ##b
+
+
+def test_labels_on_first_pieces_round_trip(tok):
+    enc = tokens.encode_words(tok, SENTENCES, max_length=64)
+    for tags, ids, first in zip(TAGS, enc.input_ids, enc.first_piece, strict=True):
+        labels = tokens.piece_labels(first, tags, len(ids))
+        # every other piece (specials, continuation pieces) is ignored by the loss
+        assert (labels != tokens.IGNORE_INDEX).sum() == len(tags)
+        assert labels[0] == labels[-1] == tokens.IGNORE_INDEX
+        # reading the per-piece labels back at the first pieces gives the word tags again
+        assert tokens.gather_words(labels, first).tolist() == tags
+
+
+def test_truncation_cuts_whole_words_and_they_become_outside(tok):
+    enc = tokens.encode_words(tok, SENTENCES[:1], max_length=7)  # [CLS] + 5 pieces + [SEP]
+    first = enc.first_piece[0]
+    # ESB keeps its first piece (es, not ##b), so it still carries its label; the next word is cut
+    assert enc.covered(0) == 5 and first[5:].tolist() == [-1]
+    labels = tokens.piece_labels(first, TAGS[0], len(enc.input_ids[0]))
+    assert tokens.gather_words(labels, first).tolist() == TAGS[0][:5]
+    pred = tokens.fill_uncovered(np.array([1, 2, 2, 0]), n_words=6, outside=0)
+    assert pred.tolist() == [1, 2, 2, 0, 0, 0]
+
+
+def test_word_without_pieces_shares_the_previous_piece_and_never_steals_its_label(tok):
+    words = ["New", "\u200b", "York"]  # the zero-width space produces no word piece
+    enc = tokens.encode_words(tok, [words], max_length=32)
+    first = enc.first_piece[0]
+    assert first[1] == first[0] and enc.covered(0) == 3
+    labels = tokens.piece_labels(first, [5, 0, 6], len(enc.input_ids[0]))
+    assert labels[first[0]] == 5 and labels[first[2]] == 6
+
+
+@pytest.mark.parametrize(("tags", "want"), [
+    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
+    (["I-PER", "I-PER", "B-PER"], [("PER", 0, 2), ("PER", 2, 3)]),  # IOB1-style start, then a new one
+    (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),  # a type change starts an entity
+    (["S-ORG", "B-LOC", "E-LOC", "O"], [("ORG", 0, 1), ("LOC", 1, 3)]),  # IOBES
+    (["O", "O"], []),
+])
+def test_spans(tags, want):
+    assert tokens.spans(tags) == want
+
+
+def test_spans_agree_with_seqeval_entities():
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rng = np.random.default_rng(0)
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    for _ in range(200):
+        seq = [names[i] for i in rng.integers(0, len(names), size=rng.integers(1, 12))]
+        ours = [(t, s, e - 1) for t, s, e in tokens.spans(seq)]
+        assert ours == get_entities(seq), seq
+
+
+def test_pretokenize_offsets_point_at_the_words():
+    text = "I'm at the Empire-State Building, NYC!!  ok"
+    for mode in ("words", "whitespace"):
+        words = tokens.pretokenize(text, mode)
+        assert all(text[s:e] == w for w, s, e in words)
+    assert [w for w, _, _ in tokens.pretokenize(text, "words")][3:6] == ["Empire-State", "Building", ","]
+    assert [w for w, _, _ in tokens.pretokenize("NYC!!", "words")] == ["NYC", "!", "!"]
+    assert [w for w, _, _ in tokens.pretokenize("NYC!! ok", "whitespace")] == ["NYC!!", "ok"]
+    with pytest.raises(UserError, match="pretokenizer"):
+        tokens.pretokenize("x", "spaces")
+
+
+def test_token_contract_rejects_misaligned_rows(tmp_path):
+    with pytest.raises(DataError, match=r"column 'tags' row 1 \(id 'b'\) has 1 entries for 2 tokens"):
+        data.token_labeled_table(["a", "b"], [["x"], ["y", "z"]], [[0], [0]], ["O", "B-X"])
+    with pytest.raises(DataError, match="column 'tags' has value 2 outside 0..1"):
+        data.token_labeled_table(["a"], [["x"]], [[2]], ["O", "B-X"])
+    with pytest.raises(DataError, match="empty or whitespace-only words"):
+        data.token_transfer_table(["a"], [["x", " "]])
+    path = tmp_path / "bad.parquet"
+    data.write_table(pa.table({"id": ["a"], "tokens": ["not a list"]}), path)
+    with pytest.raises(DataError, match=f"{path}: column 'tokens' has type string"):
+        data.read_token_transfer(path)
+
+
+def test_ragged_round_trip_through_parquet(tmp_path):
+    rng = np.random.default_rng(1)
+    logits = [rng.normal(size=(n, 3)).astype(np.float32) for n in (2, 5, 1)]
+    reprs = [rng.normal(size=(n, 4)) for n in (2, 5, 1)]
+    words = [[f"w{i}" for i in range(len(x))] for x in logits]
+    table = data.token_pseudo_table(["a", "b", "c"], words, logits, reprs, {"teacher": "t"})
+    data.write_table(table, tmp_path / "p.parquet", row_group_rows=2)
+    back, meta = data.read_token_pseudo(tmp_path / "p.parquet")
+    assert meta["num_labels"] == 3 and meta["repr_dim"] == 4
+    values, offsets = data.ragged_to_numpy(back.slice(1).column("teacher_logits"))
+    assert offsets.tolist() == [0, 5, 6]
+    np.testing.assert_array_equal(values, np.concatenate(logits[1:]))
+    tags, _ = data.ragged_to_numpy(back.column("teacher_tags"), np.int64)
+    assert tags.tolist() == np.concatenate([x.argmax(1) for x in logits]).tolist()
+    r, _ = data.ragged_to_numpy(back.column("teacher_repr"))
+    np.testing.assert_allclose(r, np.concatenate(reprs).astype(np.float16).astype(np.float32))
