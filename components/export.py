@@ -158,9 +158,13 @@ def pyfunc_bundle(student_dir: Path, onnx_path: Path, student, out: Path, extra:
     return out
 
 
-def pyfunc_code_paths(out: Path, modules: tuple[str, ...] = ("pyfunc.py",)) -> list[str]:
-    """A minimal `components` package holding only these lib/ modules (lib/pyfunc.py, plus
-    tokens.py and errors.py for the token tagger), so the model loads without the repo."""
+CLASSIFIER_MODULES = ("pyfunc.py", "truncation.py")  # what the classifier pyfunc imports, shipped with it
+
+
+def pyfunc_code_paths(out: Path, modules: tuple[str, ...] = CLASSIFIER_MODULES) -> list[str]:
+    """A minimal `components` package holding only these lib/ modules (lib/pyfunc.py and
+    truncation.py, plus tokens.py and errors.py for the token tagger), so the model loads without
+    the repo."""
     lib = Path(__file__).resolve().parent / "lib"
     pkg = out / "components"
     (pkg / "lib").mkdir(parents=True)

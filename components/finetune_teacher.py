@@ -29,6 +29,7 @@ from components.lib import teacher as T
 from components.lib.cli import step_main
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
+from components.lib.truncation import tokenize_truncated
 
 log = logging.getLogger("distilflow.finetune_teacher")
 STEP = "finetune-teacher"
@@ -124,7 +125,7 @@ def _train(cfg: PipelineConfig, model, tokenizer, train: data.Labeled, dev: data
     from transformers import DataCollatorWithPadding
 
     def encode(split: data.Labeled) -> Dataset:
-        enc = tokenizer(split.table.column("text").to_pylist(), truncation=True, max_length=cfg.teacher.max_length)
+        enc = tokenize_truncated(tokenizer, split.table.column("text").to_pylist(), cfg.teacher.max_length)
         return Dataset.from_dict({**enc, "labels": split.table.column("label").to_pylist()})
 
     def accuracy(pred) -> dict[str, float]:

@@ -2,7 +2,7 @@
 (StudentTextClassifier), or entity spans with character offsets (StudentTokenTagger).
 
 Self-contained on purpose (numpy, pandas, onnxruntime, transformers; no torch; the classifier
-uses no other distilflow module, the tagger only lib/tokens.py and lib/errors.py, shipped beside
+uses only lib/truncation.py, the tagger only lib/tokens.py and lib/errors.py, shipped beside
 it): the export step ships these files with the model through `code_paths`, so
 `mlflow.pyfunc.load_model("models:/NAME@champion")` works in any process that has those
 packages. The bundle (one artifact folder, "student") holds the ONNX graph, the student's
@@ -10,7 +10,7 @@ config.json and vocab.json, the teacher's tokenizer files and pyfunc.json (which
 label names, max_length).
 
 Tokenisation mirrors components/lib/student_io.py exactly: teacher word pieces with [CLS]/[SEP],
-truncated to max_length, mapped through the trimmed vocabulary (unknown -> 1, pad -> 0), pads at
+truncated to max_length (truncation.tokenize_truncated), mapped through the trimmed vocabulary (unknown -> 1, pad -> 0), pads at
 the end; the test suite checks the two agree. The tagger splits raw text into words with
 tokens.pretokenize (the mode stored in pyfunc.json), aligns words to pieces with
 tokens.encode_words (a word's output lives on its first piece; words past max_length are O)
@@ -108,8 +108,10 @@ class StudentTextClassifier(mlflow.pyfunc.PythonModel):
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Texts -> (N, C) float32 logits; batches of similar length, returned in input order."""
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True,
-                             return_attention_mask=False, return_token_type_ids=False)
+        from components.lib.truncation import tokenize_truncated
+
+        enc = tokenize_truncated(self.tokenizer, texts, self.max_length, add_special_tokens=True,
+                                 return_attention_mask=False, return_token_type_ids=False)
         seqs = [self.table[np.asarray(ids, dtype=np.int64)] for ids in enc["input_ids"]]
         out = np.zeros((len(seqs), len(self.label_names)), dtype=np.float32)
         for idx, ids, mask in padded_batches(seqs, self.batch_size):

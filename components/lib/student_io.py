@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from components.lib.errors import UserError
 from components.lib.student import BiLSTMStudent, StudentArch, VocabMap, count_parameters
+from components.lib.truncation import tokenize_truncated
 
 FORMAT = "distilflow-bilstm-student"
 __all__ = [
@@ -86,8 +87,8 @@ def load_student(path: str | Path) -> LoadedStudent:
 
 def tokenize_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
     """Texts -> teacher word-piece ids (with [CLS]/[SEP]), truncated to max_length; ragged int32."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
-                    return_attention_mask=False, return_token_type_ids=False)
+    enc = tokenize_truncated(tokenizer, texts, max_length, add_special_tokens=True,
+                             return_attention_mask=False, return_token_type_ids=False)
     return [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from components.lib.errors import UserError
+from components.lib.truncation import tokenize_truncated
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def label_names_of(model: torch.nn.Module) -> list[str]:
 
 def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
     """Tokenise without padding: (encodings as lists of ids, lengths (N,))."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+    enc = tokenize_truncated(tokenizer, texts, max_length, padding=False)
     ids = enc["input_ids"]
     return enc, np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
