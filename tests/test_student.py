@@ -93,6 +93,30 @@ def test_padding_does_not_change_the_output(layers):
     torch.testing.assert_close(a[1:2], single, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_pooled_encoding_equals_pooling_the_states(layers):
+    """encode() pools the top layer's backward states in reversed order: the same numbers as a
+    masked max-pool over states(), in eval and (same dropout draws) in training mode."""
+    torch.manual_seed(2)
+    model = BiLSTMStudent(tiny_arch(layers))
+    lengths = torch.tensor([7, 4, 1, 0, 6])
+    mask = (torch.arange(7)[None] < lengths[:, None]).long()
+    ids = torch.randint(2, 50, (5, 7)) * mask
+
+    def pooled_states() -> torch.Tensor:
+        x = model.states(ids, mask).masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).amax(dim=1)
+        return x.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
+
+    for train in (False, True):
+        model.train(train)
+        torch.manual_seed(3)
+        want = pooled_states()
+        torch.manual_seed(3)
+        got = model.encode(ids, mask)
+        assert torch.equal(got, want) and torch.isfinite(got).all()
+        assert torch.equal(got[3], torch.zeros(2 * model.arch.hidden))  # the all-pad row
+
+
 def test_svd_init_spans_the_top_principal_directions():
     g = np.random.default_rng(0)
     # Rows with a clear low-rank structure plus noise: (S=200, H=32).

@@ -156,25 +156,39 @@ class BiLSTMStudent(nn.Module):
             "embeddings": [*self.embeddings.parameters()],
         }
 
-    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
-        mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
-        lengths = mask.long().sum(1)  # (B,)
-        keep = mask.unsqueeze(-1).to(torch.float32)  # (B, T, 1)
+    def _layers(self, input_ids: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor,
+                natural_last: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run the BiLSTM stack. natural_last: the (B, T, 2H) states of the top layer in natural
+        order, pads zeroed; else its forward states and its backward states still in reversed
+        order ((B, T, H) each; pads hold garbage) - all an order-free pooling needs, one gather less."""
         x = self.dropout(self.embeddings(input_ids))  # (B, T, E)
-        for fwd, bwd in zip(self.fwd, self.bwd, strict=True):
+        top = len(self.fwd) - 1
+        for i, (fwd, bwd) in enumerate(zip(self.fwd, self.bwd, strict=True)):
             h_f, _ = fwd(x)  # (B, T, H): step t saw tokens 0..t
             h_b, _ = bwd(reverse_within_length(x, lengths))  # step t saw tokens len-1..len-1-t
+            if i == top and not natural_last:
+                return h_f, h_b
             h_b = reverse_within_length(h_b, lengths)  # back to natural order
             x = torch.cat([h_f, h_b], dim=-1) * keep  # (B, T, 2H), pad states zeroed
         return x
 
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
+        mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
+        return self._layers(input_ids, mask.long().sum(1), mask.unsqueeze(-1).to(torch.float32), natural_last=True)
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states."""
+        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states.
+
+        Max-pooling does not care about order, and reverse_within_length leaves the pads in place,
+        so the top layer's backward states are pooled as they come out (reversed): the same
+        numbers as pooling states(), without reordering and concatenating (B, T, 2H)."""
         mask = attention_mask.bool()
         lengths = mask.long().sum(1)  # (B,)
-        x = self.states(input_ids, attention_mask)  # (B, T, 2H)
-        pooled = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, 2H)
+        h_f, h_b = self._layers(input_ids, lengths, mask.unsqueeze(-1).to(torch.float32), natural_last=False)
+        pad = ~mask.unsqueeze(-1)  # (B, T, 1)
+        pooled = torch.cat([h_f.masked_fill(pad, float("-inf")).amax(dim=1),
+                            h_b.masked_fill(pad, float("-inf")).amax(dim=1)], dim=-1)  # (B, 2H)
         # An all-pad row would pool to -inf; make it 0 instead of NaN downstream.
         return pooled.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
 
