@@ -73,7 +73,9 @@ if podman image exists "$BASE"; then
 elif timeout 120 podman pull --quiet "$BASE" >/dev/null 2>&1; then
   log "pulled base image $BASE"
 else
-  mirror="$(grep -rhoE '^(URIs: |deb )https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d 2>/dev/null \
+  # Either file may be missing (deb822-only machines have no sources.list): grep's exit 2 must not
+  # end the script under pipefail.
+  mirror="$( { grep -rhoE '^(URIs: |deb )https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d 2>/dev/null || true; } \
     | head -1 | sed -E 's/^(URIs: |deb )//')"
   mirror="${mirror:-http://deb.debian.org/debian}"
   log "no registry: building $BASE with debootstrap from $mirror"
