@@ -136,6 +136,8 @@ def environment() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # HF tokenizers batch-encode on all cores unless this is "false" (unset = parallel)
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
