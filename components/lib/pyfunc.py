@@ -10,8 +10,8 @@ config.json and vocab.json, the teacher's tokenizer files and pyfunc.json (which
 label names, max_length).
 
 Tokenisation mirrors components/lib/student_io.py exactly: teacher word pieces with [CLS]/[SEP],
-truncated to max_length (truncation.tokenize_truncated), mapped through the trimmed vocabulary (unknown -> 1, pad -> 0), pads at
-the end; the test suite checks the two agree. The tagger splits raw text into words with
+truncated to max_length (truncation.tokenize_truncated), mapped through the trimmed vocabulary
+(unknown -> 1, pad -> 0), pads at the end; the test suite checks the two agree. The tagger splits raw text into words with
 tokens.pretokenize (the mode stored in pyfunc.json), aligns words to pieces with
 tokens.encode_words (a word's output lives on its first piece; words past max_length are O)
 and reads entity spans with tokens.spans, exactly as the evaluate step scores the student.

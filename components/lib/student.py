@@ -156,11 +156,12 @@ class BiLSTMStudent(nn.Module):
             "embeddings": [*self.embeddings.parameters()],
         }
 
-    def _layers(self, input_ids: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor,
+    def _layers(self, input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
                 natural_last: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Run the BiLSTM stack. natural_last: the (B, T, 2H) states of the top layer in natural
-        order, pads zeroed; else its forward states and its backward states still in reversed
-        order ((B, T, H) each; pads hold garbage) - all an order-free pooling needs, one gather less."""
+        """Run the BiLSTM stack over (B, T) ids, mask (bool) and lengths (B,). natural_last: the
+        (B, T, 2H) states of the top layer in natural order, pads zeroed; else its forward states and
+        its backward states still in reversed order ((B, T, H) each; pads hold garbage) - all an
+        order-free pooling needs, one gather less."""
         x = self.dropout(self.embeddings(input_ids))  # (B, T, E)
         top = len(self.fwd) - 1
         for i, (fwd, bwd) in enumerate(zip(self.fwd, self.bwd, strict=True)):
@@ -169,13 +170,13 @@ class BiLSTMStudent(nn.Module):
             if i == top and not natural_last:
                 return h_f, h_b
             h_b = reverse_within_length(h_b, lengths)  # back to natural order
-            x = torch.cat([h_f, h_b], dim=-1) * keep  # (B, T, 2H), pad states zeroed
+            x = torch.cat([h_f, h_b], dim=-1) * mask.unsqueeze(-1).to(x.dtype)  # (B, T, 2H), pad states zeroed
         return x
 
     def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
         mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
-        return self._layers(input_ids, mask.long().sum(1), mask.unsqueeze(-1).to(torch.float32), natural_last=True)
+        return self._layers(input_ids, mask, mask.long().sum(1), natural_last=True)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states.
@@ -185,7 +186,7 @@ class BiLSTMStudent(nn.Module):
         numbers as pooling states(), without reordering and concatenating (B, T, 2H)."""
         mask = attention_mask.bool()
         lengths = mask.long().sum(1)  # (B,)
-        h_f, h_b = self._layers(input_ids, lengths, mask.unsqueeze(-1).to(torch.float32), natural_last=False)
+        h_f, h_b = self._layers(input_ids, mask, lengths, natural_last=False)
         pad = ~mask.unsqueeze(-1)  # (B, T, 1)
         pooled = torch.cat([h_f.masked_fill(pad, float("-inf")).amax(dim=1),
                             h_b.masked_fill(pad, float("-inf")).amax(dim=1)], dim=-1)  # (B, 2H)
