@@ -1,7 +1,7 @@
 """A real MLflow tracking server for tests: sqlite backend, served artifacts, a random free port.
 
-Import the fixture into a test module (``from tests.mlflow_server import mlflow_server  # noqa: F401``)
-or reference it from conftest. The server starts once per session and is stopped by its PID.
+Plain functions; the session fixture ``mlflow_server`` that starts one server per session (and
+stops it by its process group) is in conftest.py, so test modules just ask for it by name.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 START_TIMEOUT_S = 60.0
 
@@ -79,12 +76,3 @@ def stop_mlflow_server(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=grace_s)
 
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """URI of a running MLflow server (sqlite backend, --serve-artifacts) shared by the session."""
-    proc, uri, _ = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
-    try:
-        yield uri
-    finally:
-        stop_mlflow_server(proc)

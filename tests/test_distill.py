@@ -13,15 +13,19 @@ import torch
 from safetensors.torch import load_file
 
 from components import distill_student
-from components.lib import data
+from components.distill_student import sequence as distill_sequence
+from components.lib import data, training
 from components.lib.config import PipelineConfig, StudentMode
 from components.lib.student import BiLSTMStudent, StudentArch
 from components.lib.student_io import load_student, predict_logits
-from tests.conftest import FILLER, TOPICS
+from tests.helpers import FILLER, TOPICS
 
 torch.set_num_threads(1)
 TINY = {"embed_dim": 16, "hidden": 16, "max_length": 24, "batch_size": 16, "lr": 0.01, "dropout": 0.1,
         "repr_epochs": 2, "soft_epochs": 3, "label_epochs": 4, "patience": 2, "num_threads": 1, "max_vocab": 2000}
+
+# The sequence-classification loss and dev score train_phases is driven with.
+SEQUENCE_TASK = {"loss_fn": distill_sequence.phase_loss, "evaluate_fn": distill_sequence.evaluate_phase, "metric": "dev_accuracy"}
 
 
 def topic_logits(text: str) -> np.ndarray:
@@ -137,10 +141,10 @@ def test_unfreezing_order_is_honoured(tmp_path):
     arch = StudentArch(vocab_size=30, embed_dim=8, hidden=8, layers=1, dropout=0.0, repr_dim=4, num_labels=2)
     model = BiLSTMStudent(arch)
     seqs = [g.integers(2, 30, size=g.integers(3, 9)).astype(np.int32) for _ in range(40)]
-    rows = distill_student.Rows(seqs, labels=g.integers(0, 2, 40), logits=g.normal(size=(40, 2)).astype(np.float32))
-    dev = distill_student.Rows(seqs[:10], labels=rows.labels[:10])
+    rows = distill_sequence.Rows(seqs, labels=g.integers(0, 2, 40), logits=g.normal(size=(40, 2)).astype(np.float32))
+    dev = distill_sequence.Rows(seqs[:10], labels=rows.labels[:10])
     s = PipelineConfig().student.model_copy(update={"batch_size": 8, "lr": 0.05})
-    phases = distill_student.plan(StudentMode.soft, s.model_copy(update={"soft_epochs": 1, "label_epochs": 0}))
+    phases = training.plan(StudentMode.soft, s.model_copy(update={"soft_epochs": 1, "label_epochs": 0}))
     assert [p.groups for p in phases] == [("classifier",), ("classifier", "encoder"), ("classifier", "encoder", "embeddings")]
 
     def snapshot():
@@ -152,15 +156,15 @@ def test_unfreezing_order_is_honoured(tmp_path):
     # A phase ends on its best dev epoch (maybe its start), so look at the weights after its first epoch.
     before = snapshot()
     seen = []
-    distill_student.train_phases(model, phases[:1], lambda p: rows, dev, None, s, tmp_path / "c1.pt", "x",
-                                 on_epoch=lambda rec: seen.append(snapshot()))
+    training.train_phases(model, phases[:1], lambda p: rows, dev, None, s, tmp_path / "c1.pt", "x",
+                          on_epoch=lambda rec: seen.append(snapshot()), **SEQUENCE_TASK)
     after = seen[0]
     assert changed(before, after, "classifier")
     assert not changed(before, after, "encoder") and not changed(before, after, "embeddings")
     before = snapshot()
     seen.clear()
-    distill_student.train_phases(model, [phases[1]], lambda p: rows, dev, None, s, tmp_path / "c2.pt", "y",
-                                 on_epoch=lambda rec: seen.append(snapshot()))
+    training.train_phases(model, [phases[1]], lambda p: rows, dev, None, s, tmp_path / "c2.pt", "y",
+                          on_epoch=lambda rec: seen.append(snapshot()), **SEQUENCE_TASK)
     after = seen[0]
     assert changed(before, after, "encoder") and not changed(before, after, "embeddings")
 

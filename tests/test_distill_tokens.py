@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from components import distill_student, distill_tokens
-from components.lib import data, losses
+from components import distill_student
+from components.distill_student import tokens as distill_tokens
+from components.lib import data, losses, token_data, training
 from components.lib.config import PipelineConfig, StudentMode
 from components.lib.errors import DataError, UserError
 from components.lib.ner_metrics import entity_scores, tag_names
 from components.lib.student_io import load_student, predict_tags, word_ids
-from tests.conftest import NER_TAGS, make_ner_sentences
+from tests.helpers import NER_TAGS, make_ner_sentences
 
 torch.set_num_threads(1)
 TINY = {"embed_dim": 32, "hidden": 32, "max_length": 24, "batch_size": 16, "lr": 0.02, "dropout": 0.1,
@@ -31,7 +32,7 @@ N_LABELED = 24 + 12 + 30  # train + dev + test sentences of write_tiny_ner_task'
 def oracle_pseudo(task_dir: Path, out: Path, repr_dim: int = 32, seed: int = 0) -> Path:
     """pseudo.parquet over the task's transfer set from a teacher that knows the gold tags: logits
     +2 on the gold tag, -2 elsewhere, plus noise; per-word states a noisy linear map of the logits."""
-    table = data.read_token_transfer(task_dir / "transfer.parquet")
+    table = token_data.read_token_transfer(task_dir / "transfer.parquet")
     sents = table.column("tokens").to_pylist()
     all_sents, all_tags, _ = make_ner_sentences(N_LABELED + len(sents), seed=0)
     assert all_sents[N_LABELED:] == sents  # the fixture's transfer rows, in order
@@ -40,7 +41,7 @@ def oracle_pseudo(task_dir: Path, out: Path, repr_dim: int = 32, seed: int = 0) 
     logits = [(4.0 * np.eye(len(NER_TAGS))[t] - 2.0 + 0.3 * g.normal(size=(len(t), len(NER_TAGS)))).astype(np.float32)
               for t in all_tags[N_LABELED:]]
     reprs = [lg @ proj + 0.1 * g.normal(size=(len(lg), repr_dim)) for lg in logits]
-    pseudo = data.token_pseudo_table(table.column("id").to_pylist(), sents, logits, reprs, {"label_names": NER_TAGS})
+    pseudo = token_data.token_pseudo_table(table.column("id").to_pylist(), sents, logits, reprs, {"label_names": NER_TAGS})
     out.mkdir(parents=True, exist_ok=True)
     data.write_table(pseudo, out / "pseudo.parquet")
     return out
@@ -61,7 +62,7 @@ def pseudo_dir(tiny_ner_dir, tmp_path_factory) -> Path:
 
 
 def dev_split(task_dir: Path) -> tuple[list[list[str]], list[list[str]]]:
-    dev = data.read_token_labeled(task_dir / "dev.parquet")
+    dev = token_data.read_token_labeled(task_dir / "dev.parquet")
     return dev.table.column("tokens").to_pylist(), tag_names(dev.table.column("tags").to_pylist(), dev.label_names)
 
 
@@ -104,7 +105,7 @@ def test_targets_sit_on_first_pieces_and_ids_match_word_ids(tmp_path, tiny_bert_
     from components.lib.student import VocabMap
     from components.lib.tokens import encode_words
 
-    tok = distill_student.teacher_tokenizer(tiny_bert_dir)
+    tok = training.teacher_tokenizer(tiny_bert_dir)
     sents = [["initech", "hired", "carol", "jones", "in", "lima", "ref0x123456"], ["bob", "smith", "said", "hi"]]
     tags = [[5, 0, 1, 2, 0, 3, 0], [1, 2, 0, 0]]
     src = tmp_path / "src.txt"
@@ -120,8 +121,8 @@ def test_targets_sit_on_first_pieces_and_ids_match_word_ids(tmp_path, tiny_bert_
         assert all(np.array_equal(a, b) for a, b in zip(seqs + firsts, ref_ids + ref_firsts, strict=True))
         flat, offsets = np.concatenate(tags), np.cumsum([0] + [len(t) for t in tags])
         rows = distill_tokens.word_rows(seqs, firsts, offsets, labels=flat)
-        _, _, words, where = distill_tokens._batch(rows, np.arange(2), torch.device("cpu"))
-        dense = distill_tokens._scatter(rows.labels, where, tuple(words.shape), torch.device("cpu"))
+        _, _, words, where = distill_tokens.word_batch(rows, np.arange(2), torch.device("cpu"))
+        dense = distill_tokens.scatter_words(rows.labels, where, tuple(words.shape), torch.device("cpu"))
         for i in range(2):
             fp = encode_words(tok, [sents[i]], max_length).first_piece[0]
             covered = fp[fp >= 0]
@@ -191,11 +192,11 @@ def test_pseudo_labels_from_a_real_token_teacher(tmp_path, tiny_ner_dir, tiny_be
 
     torch.manual_seed(0)
     model, tok = load_teacher(tiny_bert_dir, label_names=NER_TAGS, task="token-classification")
-    table = data.read_token_transfer(tiny_ner_dir / "transfer.parquet")
+    table = token_data.read_token_transfer(tiny_ner_dir / "transfer.parquet")
     sents = table.column("tokens").to_pylist()
     logits, reprs = score_words(model, tok, sents, max_length=10, batch_size=64, layer=-1)
     assert any(len(lg) < len(s) for lg, s in zip(logits, sents, strict=True))
-    pseudo = data.token_pseudo_table(table.column("id").to_pylist(), [s[: len(lg)] for s, lg in zip(sents, logits, strict=True)],
+    pseudo = token_data.token_pseudo_table(table.column("id").to_pylist(), [s[: len(lg)] for s, lg in zip(sents, logits, strict=True)],
                                      logits, reprs, {"label_names": NER_TAGS})
     (tmp_path / "pseudo").mkdir()
     data.write_table(pseudo, tmp_path / "pseudo" / "pseudo.parquet")
@@ -252,7 +253,7 @@ def test_mlflow_run_logs_entity_scores(tmp_path, tiny_ner_dir, pseudo_dir, tiny_
 
 
 def test_bad_pseudo_inputs_are_one_line_errors(tmp_path, tiny_ner_dir, pseudo_dir, tiny_bert_dir):
-    tbl, _ = data.read_token_pseudo(pseudo_dir / "pseudo.parquet")
+    tbl, _ = token_data.read_token_pseudo(pseudo_dir / "pseudo.parquet")
     no_repr = tmp_path / "no-repr"
     no_repr.mkdir()
     data.write_table(tbl.drop_columns(["teacher_repr"]), no_repr / "pseudo.parquet")
@@ -261,9 +262,9 @@ def test_bad_pseudo_inputs_are_one_line_errors(tmp_path, tiny_ner_dir, pseudo_di
     other = tmp_path / "other"
     other.mkdir()
     names = [n.replace("PER", "PERSON") for n in NER_TAGS]
-    logits = data.ragged_to_numpy(tbl.column("teacher_logits"))
+    logits = token_data.ragged_to_numpy(tbl.column("teacher_logits"))
     rows = [logits[0][logits[1][i] : logits[1][i + 1]] for i in range(len(tbl))]
-    data.write_table(data.token_pseudo_table(tbl.column("id").to_pylist(), tbl.column("tokens").to_pylist(), rows, None,
+    data.write_table(token_data.token_pseudo_table(tbl.column("id").to_pylist(), tbl.column("tokens").to_pylist(), rows, None,
                                              {"label_names": names}), other / "pseudo.parquet")
     with pytest.raises(DataError, match="do not match"):
         distill_student.run(make_cfg(tmp_path, tiny_ner_dir, other, tiny_bert_dir, "soft"))

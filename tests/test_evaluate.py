@@ -10,7 +10,7 @@ import torch
 
 from components.lib import report
 from components.lib.errors import UserError
-from tests.test_export import LABELS, make_work_dir, tiny_cfg
+from tests.helpers import LABELS, make_work_dir, tiny_cfg
 
 
 def test_ece_matches_a_hand_computed_value():

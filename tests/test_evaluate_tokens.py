@@ -10,18 +10,12 @@ import pytest
 import torch
 
 from components.lib.errors import UserError
-from tests.test_export_tokens import (  # noqa: F401 - fixtures
-    evaluated_ner_work_dir,
-    make_ner_work_dir,
-    ner_cfg,
-    tiny_ner_teacher_dir,
-    tiny_tagger_dir,
-)
+from tests.helpers import build_tiny_student, make_ner_work_dir, ner_cfg
 
 
 def test_tag_agreement_and_classification_report_metric():
-    from components.evaluate import build_report
-    from components.evaluate_tokens import tag_agreement
+    from components.evaluate.tokens import tag_agreement
+    from components.lib.evaluation import build_report
 
     assert tag_agreement([["O", "B-PER"], ["O"]], [["O", "I-PER"], ["O"]]) == pytest.approx(2 / 3)
     assert tag_agreement([], []) == 1.0
@@ -38,11 +32,11 @@ def _cls_cfg():
     return PipelineConfig.model_validate({"work_dir": "w", "student": {"mode": "soft"}})
 
 
-def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, tiny_ner_teacher_dir, tiny_tagger_dir):  # noqa: F811
+def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, tiny_ner_teacher_dir, tiny_tagger_dir):
     import mlflow
 
     from components import evaluate
-    from components.lib import data, ner_metrics
+    from components.lib import ner_metrics, token_data
     from components.lib.student_io import load_student, predict_tags
     from components.lib.teacher import load_teacher, score_words
     from components.lib.tokens import fill_uncovered
@@ -63,7 +57,7 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     assert rep["test_rows"] == 30 and rep["languages"] == ["en", "xx"] and rep["entity_types"] == ["LOC", "ORG", "PER"]
 
     # The F1 figures are ner_metrics' on the same predictions, recomputed here outside the step.
-    test = data.read_token_labeled(root / "data" / "test.parquet")
+    test = token_data.read_token_labeled(root / "data" / "test.parquet")
     sents = test.table.column("tokens").to_pylist()
     gold = ner_metrics.tag_names(test.table.column("tags").to_pylist(), test.label_names)
     langs = test.table.column("lang").to_pylist()
@@ -107,7 +101,7 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     assert {f.path for f in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/report.json", "eval/report.md"}
 
 
-def test_token_evaluate_without_lang_and_bad_inputs(evaluated_ner_work_dir, tmp_path, tiny_bert_dir, tiny_tagger_dir):  # noqa: F811
+def test_token_evaluate_without_lang_and_bad_inputs(evaluated_ner_work_dir, tmp_path, tiny_bert_dir, tiny_tagger_dir):
     from components import evaluate
 
     rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
@@ -119,8 +113,6 @@ def test_token_evaluate_without_lang_and_bad_inputs(evaluated_ner_work_dir, tmp_
         evaluate.run(ner_cfg(evaluated_ner_work_dir, None, transfer={"teacher": str(tiny_bert_dir)},
                              evaluate={"output_dir": str(tmp_path / "eval")}))
     # a classification student is refused with the dir named
-    from tests.test_export import build_tiny_student
-
     cls_student = build_tiny_student(tmp_path / "cls", tiny_bert_dir, steps=0)
     with pytest.raises(UserError, match="sequence-classification student"):
         evaluate.run(ner_cfg(evaluated_ner_work_dir, None, evaluate={"output_dir": str(tmp_path / "eval")}),

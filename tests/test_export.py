@@ -1,8 +1,6 @@
 """export: ONNX parity (and its failure), int8, the pyfunc over raw text, a run on a local sqlite store.
 
-Also home of the tiny-model builders the evaluate and registry tests share: a 2-layer BERT
-classifier (random, so it is a weak teacher) and BiLSTM students trained for a few steps on the
-synthetic topic task with the real MiniLM tokenizer.
+The tiny models come from tests/helpers.py; the tiny_student_dir and evaluated_work_dir fixtures are in conftest.py.
 """
 
 from __future__ import annotations
@@ -15,112 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from components.lib.config import PipelineConfig
-from tests.conftest import make_topic_texts, write_tiny_task
-
-LABELS = ["sport", "tech", "money"]  # the order make_topic_texts uses
-
-
-# ---------------------------------------------------------------- tiny models (shared)
-
-def build_tiny_student(out: Path, tokenizer_dir: Path, steps: int = 40, seed: int = 0, mode: str = "soft+repr") -> Path:
-    """A 16-wide BiLSTM over the trimmed MiniLM vocab, trained `steps` Adam steps on topic texts."""
-    from transformers import AutoTokenizer
-
-    from components.lib.student import BiLSTMStudent, StudentArch, VocabMap
-    from components.lib.student_io import encode, save_student, tokenize_ids
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    texts, labels, names = make_topic_texts(60, seed=7)
-    assert names == LABELS
-    counts = np.zeros(tok.vocab_size, dtype=np.int64)
-    for ids in tokenize_ids(tok, texts, 64):
-        np.add.at(counts, ids, 1)
-    vocab = VocabMap.from_counts(counts, 1, None, [tok.cls_token_id, tok.sep_token_id], tok.pad_token_id, tok.unk_token_id)
-    arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32, num_labels=3)
-    torch.manual_seed(seed)
-    model = BiLSTMStudent(arch)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    y = torch.tensor(labels)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(texts), (32,), generator=gen)
-        ids, mask = encode((tok, vocab), [texts[i] for i in idx], 64)
-        loss = torch.nn.functional.cross_entropy(model.logits(ids, mask), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    save_student(out, model, arch, vocab, tok, names, mode, 64, teacher={"model": "tiny-bert"})
-    return out
-
-
-def build_tiny_teacher(out: Path, tokenizer_dir: Path, steps: int = 0) -> Path:
-    """A 2-layer, 32-wide BertForSequenceClassification over the task's labels, trained `steps` steps."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(cfg)
-    texts, labels, _ = make_topic_texts(60, seed=7)
-    y = torch.tensor(labels)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(texts), (16,), generator=gen)
-        loss = model(**tok([texts[i] for i in idx], padding=True, return_tensors="pt"), labels=y[idx]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval().save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def make_work_dir(root: Path, tokenizer_dir: Path, students: dict[str, int], teacher_steps: int = 0) -> Path:
-    """work_dir with data/, teacher/ and student/<mode>/ (mode -> training steps), as the steps lay it out."""
-    write_tiny_task(root / "data")
-    build_tiny_teacher(root / "teacher", tokenizer_dir, teacher_steps)
-    for mode, steps in students.items():
-        build_tiny_student(root / "student" / mode.replace("+", "_"), tokenizer_dir, steps=steps, mode=mode)
-    return root
-
-
-def tiny_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineConfig:
-    raw = {
-        "work_dir": str(work_dir),
-        "evaluate": {"throughput_rows": 64, "latency_runs": 5, "num_threads": 1},
-        "export": {"num_threads": 1, "model_name": "tiny-student"},
-        "tracking": {"enabled": tracking_uri is not None, "uri": tracking_uri, "experiment": "tests"},
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return PipelineConfig.model_validate(raw)
-
-
-@pytest.fixture(scope="session")
-def tiny_student_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
-    torch.set_num_threads(1)
-    return build_tiny_student(tmp_path_factory.mktemp("tiny-student") / "soft_repr", packaged_teacher_dir)
-
-
-@pytest.fixture(scope="session")
-def evaluated_work_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
-    """A work_dir after evaluate (tracking off): data, teacher, a trained soft+repr student, eval/."""
-    from components import evaluate
-
-    torch.set_num_threads(1)
-    root = make_work_dir(tmp_path_factory.mktemp("work"), packaged_teacher_dir, {"soft+repr": 40})
-    evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
-    return root
-
+from tests.helpers import LABELS, make_topic_texts, make_work_dir, tiny_cfg
 
 # ---------------------------------------------------------------- tests
 
 def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
-    from components.export import check_parity, export_onnx, onnx_predict_logits, ort_session, quantize_int8
+    from components.lib.onnx import check_parity, export_onnx, onnx_predict_logits, ort_session, quantize_int8
     from components.lib.student_io import encode, load_student, predict_logits
 
     st = load_student(tiny_student_dir)
@@ -145,7 +43,7 @@ def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
 
 
 def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
-    from components.export import ParityError, check_parity, export_onnx, ort_session
+    from components.lib.onnx import ParityError, check_parity, export_onnx, ort_session
     from components.lib.student_io import load_student
 
     st = load_student(tiny_student_dir)
@@ -157,8 +55,9 @@ def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
 
 
 def test_pyfunc_takes_raw_text_and_matches_the_student(tiny_student_dir, tmp_path):
-    from components.export import export_onnx, pyfunc_bundle
+    from components.lib.onnx import export_onnx
     from components.lib.pyfunc import StudentTextClassifier
+    from components.lib.registry import pyfunc_bundle
     from components.lib.student_io import load_student, predict_logits
 
     st = load_student(tiny_student_dir)

@@ -1,9 +1,7 @@
 """export for token classification: per-word ONNX parity (and its failure), int8, the NER pyfunc over
 raw sentences (entity spans with character offsets), a run without tracking, the registry gate on F1.
 
-Also home of the tiny NER builders the token evaluate tests share: a 2-layer BERT token classifier
-and BiLSTM taggers trained for a few steps on the synthetic PER/LOC/ORG task with the real MiniLM
-tokenizer.
+The tiny NER models come from tests/helpers.py; the tiny_tagger_dir and evaluated_ner_work_dir fixtures are in conftest.py.
 """
 
 from __future__ import annotations
@@ -21,110 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components.lib.config import PipelineConfig
-from tests.conftest import NER_TAGS, make_ner_sentences, write_tiny_ner_task
-
-MAX_LEN = 24  # student pieces: short enough that long inputs get cut off
-
-
-# ---------------------------------------------------------------- tiny models (shared)
-
-def _piece_batch(tok, sentences, tags, max_length):
-    """Pre-split sentences + tag ids -> teacher piece ids (ragged), per-piece labels (-100 off first pieces)."""
-    from components.lib.tokens import encode_words, piece_labels
-
-    enc = encode_words(tok, sentences, max_length)
-    labels = [piece_labels(enc.first_piece[i], tags[i], len(enc.input_ids[i])) for i in range(len(sentences))]
-    return enc.input_ids, labels
-
-
-def _pad(rows, value):
-    t = max(len(r) for r in rows)
-    return torch.tensor(np.stack([np.pad(r, (0, t - len(r)), constant_values=value) for r in rows]))
-
-
-def build_tiny_token_teacher(out: Path, base_dir: Path, steps: int = 40) -> Path:
-    """A 2-layer, 32-wide BertForTokenClassification over NER_TAGS (from tiny_bert_dir), trained `steps` steps."""
-    from components.lib.teacher import load_teacher
-
-    torch.manual_seed(0)
-    model, tok = load_teacher(base_dir, label_names=NER_TAGS, task="token-classification")
-    sents, tags, _ = make_ner_sentences(80, seed=5)
-    ids, labels = _piece_batch(tok, sents, tags, 48)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(sents), (16,), generator=gen).tolist()
-        x = _pad([ids[i] for i in idx], tok.pad_token_id)
-        loss = model(input_ids=x, attention_mask=(x != tok.pad_token_id).long(), labels=_pad([labels[i] for i in idx], -100)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval().save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, seed: int = 0, mode: str = "soft+repr") -> Path:
-    """A 16-wide BiLSTM tagger over the trimmed MiniLM vocab, trained `steps` Adam steps on gold tags."""
-    from transformers import AutoTokenizer
-
-    from components.lib.student import PAD, BiLSTMStudent, StudentArch, VocabMap
-    from components.lib.student_io import save_student
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sents, tags, names = make_ner_sentences(80, seed=5)
-    ids, labels = _piece_batch(tok, sents, tags, MAX_LEN)
-    counts = np.zeros(tok.vocab_size, dtype=np.int64)
-    for x in ids:
-        np.add.at(counts, x, 1)
-    vocab = VocabMap.from_counts(counts, 1, None, [tok.cls_token_id, tok.sep_token_id], tok.pad_token_id, tok.unk_token_id)
-    arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32,
-                       num_labels=len(names), task="token-classification")
-    torch.manual_seed(seed)
-    model = BiLSTMStudent(arch)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(sents), (32,), generator=gen).tolist()
-        x = _pad([vocab.encode(ids[i]).astype(np.int64) for i in idx], PAD)  # (B, T) student ids
-        y = _pad([labels[i] for i in idx], -100)  # (B, T)
-        logits = model.logits(x, (x != PAD).long())  # (B, T, C)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, arch.num_labels), y.reshape(-1), ignore_index=-100)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    save_student(out, model, arch, vocab, tok, names, mode, MAX_LEN, teacher={"model": "tiny-bert-ner"})
-    return out
-
-
-def make_ner_work_dir(root: Path, base_dir: Path, students: dict[str, int], teacher: Path | None = None,
-                      langs: bool = False) -> Path:
-    """work_dir with data/, teacher/ and student/<mode>/ (mode -> training steps), as the steps lay it out."""
-    write_tiny_ner_task(root / "data", langs=langs)
-    if teacher is None:
-        build_tiny_token_teacher(root / "teacher", base_dir)
-    else:
-        shutil.copytree(teacher, root / "teacher")
-    for mode, steps in students.items():
-        build_tiny_token_student(root / "student" / mode.replace("+", "_"), base_dir, steps=steps, mode=mode)
-    return root
-
-
-def ner_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineConfig:
-    raw = {
-        "task": "token-classification",
-        "work_dir": str(work_dir),
-        "teacher": {"max_length": 48},
-        "evaluate": {"batch_size": 16, "throughput_rows": 32, "latency_runs": 3, "num_threads": 1},
-        "export": {"num_threads": 1, "model_name": "tiny-tagger"},
-        "tracking": {"enabled": tracking_uri is not None, "uri": tracking_uri, "experiment": "tests"},
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return PipelineConfig.model_validate(raw)
+from tests.helpers import MAX_LEN, NER_TAGS, make_ner_sentences, ner_cfg
 
 
 def torch_entities(student, texts: list[str], mode: str = "words") -> list[list[tuple[str, str, int, int]]]:
@@ -136,30 +31,6 @@ def torch_entities(student, texts: list[str], mode: str = "words") -> list[list[
     tags = predict_tags(student, [[w for w, _, _ in ws] for ws in words])
     return [[(typ, text[ws[a][1]:ws[b - 1][2]], ws[a][1], ws[b - 1][2]) for typ, a, b in spans(t)]
             for text, ws, t in zip(texts, words, tags, strict=True)]
-
-
-@pytest.fixture(scope="session")
-def tiny_ner_teacher_dir(tmp_path_factory, tiny_bert_dir) -> Path:
-    torch.set_num_threads(1)
-    return build_tiny_token_teacher(tmp_path_factory.mktemp("ner-teacher") / "teacher", tiny_bert_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_tagger_dir(tmp_path_factory, tiny_bert_dir) -> Path:
-    torch.set_num_threads(1)
-    return build_tiny_token_student(tmp_path_factory.mktemp("tagger") / "soft_repr", tiny_bert_dir)
-
-
-@pytest.fixture(scope="module")
-def evaluated_ner_work_dir(tmp_path_factory, tiny_bert_dir, tiny_ner_teacher_dir, tiny_tagger_dir) -> Path:
-    """A token work_dir after evaluate (tracking off): data, teacher, a trained soft+repr tagger, eval/."""
-    from components import evaluate
-
-    torch.set_num_threads(1)
-    root = make_ner_work_dir(tmp_path_factory.mktemp("ner-work"), tiny_bert_dir, {}, teacher=tiny_ner_teacher_dir)
-    shutil.copytree(tiny_tagger_dir, root / "student" / "soft_repr")
-    evaluate.run(ner_cfg(root, None, student={"baseline": False}))
-    return root
 
 
 TEXTS = [
@@ -174,9 +45,15 @@ TEXTS = [
 # ---------------------------------------------------------------- tests
 
 def test_tagger_onnx_parity_dynamic_axes_and_int8(tiny_tagger_dir, tmp_path):
-    from components.export import export_onnx, ort_session, quantize_int8
-    from components.export_tokens import check_word_parity, onnx_f1, onnx_predict_word_logits
+    from components.export.tokens import onnx_f1
     from components.lib import ner_metrics
+    from components.lib.onnx import (
+        check_word_parity,
+        export_onnx,
+        onnx_predict_word_logits,
+        ort_session,
+        quantize_int8,
+    )
     from components.lib.student_io import load_student, pad_batch, predict_word_logits, word_ids
 
     st = load_student(tiny_tagger_dir)
@@ -202,8 +79,7 @@ def test_tagger_onnx_parity_dynamic_axes_and_int8(tiny_tagger_dir, tmp_path):
 
 
 def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
-    from components.export import ParityError, export_onnx, ort_session
-    from components.export_tokens import check_word_parity
+    from components.lib.onnx import ParityError, check_word_parity, export_onnx, ort_session
     from components.lib.student_io import load_student
 
     st = load_student(tiny_tagger_dir)
@@ -215,9 +91,10 @@ def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
 
 
 def test_tagger_pyfunc_returns_the_students_spans(tiny_tagger_dir, tmp_path):
-    from components.export import export_onnx, pyfunc_bundle
     from components.lib import report
+    from components.lib.onnx import export_onnx
     from components.lib.pyfunc import StudentTokenTagger
+    from components.lib.registry import pyfunc_bundle
     from components.lib.student_io import load_student, predict_tags, predict_word_logits
     from components.lib.tokens import pretokenize
 
@@ -342,7 +219,7 @@ def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
 
 
 def test_gate_names_the_headline_metric():
-    from components.export import gate
+    from components.lib.registry import gate
 
     assert gate(0.5, 1.0, 0.9, 0.6, "2", metric="f1") == "test f1 0.5000 below champion v2 (0.6000)"
     assert gate(0.6, 1.0, 0.9, 0.6, "2", metric="f1") is None  # as good as the champion

@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import make_topic_texts
 
 import pipeline
 from components.lib import fingerprint
 from components.lib.config import PROJECT_ROOT, load_config
 from components.lib.summary import summary_table
+from tests.helpers import make_topic_texts
 
 TINY = PROJECT_ROOT / "configs" / "tiny.yaml"
 

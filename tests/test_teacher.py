@@ -9,13 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_task
 
 from components import finetune_teacher
 from components.lib import data, tracking
 from components.lib import teacher as T
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
+from components.lib.torch_utils import count_parameters
+from tests.helpers import write_tiny_task
 
 torch.set_num_threads(1)
 NAMES = ["sport", "tech", "money"]
@@ -51,7 +52,7 @@ def test_load_teacher_sets_labels_and_fresh_head(tiny_classifier):
     assert T.label_names_of(model) == NAMES
     assert model.config.label2id == {n: i for i, n in enumerate(NAMES)}
     assert model.config.num_labels == 3 and not model.training
-    assert T.count_parameters(model) > 900_000
+    assert count_parameters(model) > 900_000
 
 
 def test_score_restores_order_after_length_bucketing(tiny_classifier):

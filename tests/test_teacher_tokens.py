@@ -9,13 +9,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import NER_TAGS
 
-from components import finetune_teacher, teacher_tokens
-from components.lib import data, tokens, tracking
+from components import finetune_teacher
+from components.finetune_teacher import tokens as teacher_tokens
 from components.lib import teacher as T
+from components.lib import token_data, tokens, tracking
 from components.lib.config import PipelineConfig
 from components.lib.errors import DataError, UserError
+from tests.helpers import NER_TAGS
 
 torch.set_num_threads(1)
 TASK = "token-classification"
@@ -42,7 +43,7 @@ def finetuned(tmp_path_factory, tiny_ner_dir, tiny_bert_dir):
 
 def test_encode_labels_first_pieces_only(tiny_ner_dir, tiny_bert_dir):
     _, tok = T.load_teacher(tiny_bert_dir, label_names=NER_TAGS, task=TASK)
-    dev = data.read_token_labeled(tiny_ner_dir / "dev.parquet")
+    dev = token_data.read_token_labeled(tiny_ner_dir / "dev.parquet")
     ds, enc = teacher_tokens.encode(tok, dev, max_length=128)
     sents, tags = dev.table.column("tokens").to_pylist(), dev.table.column("tags").to_pylist()
     for i in range(len(sents)):
@@ -58,7 +59,7 @@ def test_finetune_learns_entities_and_writes_a_tagger(finetuned, tiny_ner_dir, t
     cfg, res = finetuned
     torch.manual_seed(0)
     untrained, tok = T.load_teacher(tiny_bert_dir, label_names=NER_TAGS, task=TASK)
-    dev = data.read_token_labeled(tiny_ner_dir / "dev.parquet")
+    dev = token_data.read_token_labeled(tiny_ner_dir / "dev.parquet")
     assert teacher_tokens.dev_scores(untrained, tok, dev, cfg)["f1"] < 0.3  # measured 0.08-0.24 over 5 seeds
     assert res.dev_f1 > 0.8 and res.label_names == NER_TAGS
     out = cfg.teacher_dir

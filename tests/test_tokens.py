@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.lib import data, tokens
+from components.lib import data, token_data, tokens
 from components.lib.errors import DataError, UserError
 
 
@@ -106,15 +106,15 @@ def test_pretokenize_offsets_point_at_the_words():
 
 def test_token_contract_rejects_misaligned_rows(tmp_path):
     with pytest.raises(DataError, match=r"column 'tags' row 1 \(id 'b'\) has 1 entries for 2 tokens"):
-        data.token_labeled_table(["a", "b"], [["x"], ["y", "z"]], [[0], [0]], ["O", "B-X"])
+        token_data.token_labeled_table(["a", "b"], [["x"], ["y", "z"]], [[0], [0]], ["O", "B-X"])
     with pytest.raises(DataError, match="column 'tags' has value 2 outside 0..1"):
-        data.token_labeled_table(["a"], [["x"]], [[2]], ["O", "B-X"])
+        token_data.token_labeled_table(["a"], [["x"]], [[2]], ["O", "B-X"])
     with pytest.raises(DataError, match="empty or whitespace-only words"):
-        data.token_transfer_table(["a"], [["x", " "]])
+        token_data.token_transfer_table(["a"], [["x", " "]])
     path = tmp_path / "bad.parquet"
     data.write_table(pa.table({"id": ["a"], "tokens": ["not a list"]}), path)
     with pytest.raises(DataError, match=f"{path}: column 'tokens' has type string"):
-        data.read_token_transfer(path)
+        token_data.read_token_transfer(path)
 
 
 def test_ragged_round_trip_through_parquet(tmp_path):
@@ -122,14 +122,14 @@ def test_ragged_round_trip_through_parquet(tmp_path):
     logits = [rng.normal(size=(n, 3)).astype(np.float32) for n in (2, 5, 1)]
     reprs = [rng.normal(size=(n, 4)) for n in (2, 5, 1)]
     words = [[f"w{i}" for i in range(len(x))] for x in logits]
-    table = data.token_pseudo_table(["a", "b", "c"], words, logits, reprs, {"teacher": "t"})
+    table = token_data.token_pseudo_table(["a", "b", "c"], words, logits, reprs, {"teacher": "t"})
     data.write_table(table, tmp_path / "p.parquet", row_group_rows=2)
-    back, meta = data.read_token_pseudo(tmp_path / "p.parquet")
+    back, meta = token_data.read_token_pseudo(tmp_path / "p.parquet")
     assert meta["num_labels"] == 3 and meta["repr_dim"] == 4
-    values, offsets = data.ragged_to_numpy(back.slice(1).column("teacher_logits"))
+    values, offsets = token_data.ragged_to_numpy(back.slice(1).column("teacher_logits"))
     assert offsets.tolist() == [0, 5, 6]
     np.testing.assert_array_equal(values, np.concatenate(logits[1:]))
-    tags, _ = data.ragged_to_numpy(back.column("teacher_tags"), np.int64)
+    tags, _ = token_data.ragged_to_numpy(back.column("teacher_tags"), np.int64)
     assert tags.tolist() == np.concatenate([x.argmax(1) for x in logits]).tolist()
-    r, _ = data.ragged_to_numpy(back.column("teacher_repr"))
+    r, _ = token_data.ragged_to_numpy(back.column("teacher_repr"))
     np.testing.assert_allclose(r, np.concatenate(reprs).astype(np.float16).astype(np.float32))

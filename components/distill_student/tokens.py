@@ -1,6 +1,6 @@
 """distill-student for token classification: a per-word BiLSTM tagger, trained in the classifier's
 stages (representation -> logits -> labels) with the same gradual unfreezing, checkpoints and
-early stopping (distill_student.plan / train_phases), only with per-word targets and losses.
+early stopping (lib/training.py: plan, train_phases), only with per-word targets and losses.
 
 The student reads the teacher's word pieces of each sentence (tokens.encode_words with the
 teacher tokenizer, cut to student.max_length, mapped through the trimmed VocabMap: exactly
@@ -28,24 +28,25 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from components import distill_student as ds
-from components.distill_student import DistillResult, Phase
-from components.lib import data, losses, tracking
+from components.lib import data, losses, token_data, tracking, training
 from components.lib.config import PipelineConfig, StudentMode
 from components.lib.errors import DataError
 from components.lib.ner_metrics import entity_scores
-from components.lib.student import BiLSTMStudent, count_parameters
-from components.lib.student_io import length_batches, pad_batch, save_student
+from components.lib.student import BiLSTMStudent
+from components.lib.student_io import pad_batch, save_student
+from components.lib.task import Task
 from components.lib.tokens import encode_words, fill_uncovered, outside_index
+from components.lib.torch_utils import count_parameters, length_batches
+from components.lib.training import DistillResult, Phase
 
 log = logging.getLogger("distill-student")
-TASK = "token-classification"
+TASK = Task.token_classification
 
 
 class TokenDistillResult(DistillResult):
     """dev_accuracy is the dev token (word) accuracy; dev_f1/precision/recall are entity scores."""
 
-    task: str = TASK
+    task: str = TASK.value
     dev_f1: float
     dev_precision: float
     dev_recall: float
@@ -90,11 +91,11 @@ def cached_word_ids(
 ) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
     """Per split: teacher piece ids per sentence and the first piece of each covered word, computed
     once (tokens.encode_words) and kept as ragged int32 arrays in an .npz."""
-    path = cache_dir / f"words-{ds.cache_key(tokenizer, max_length, sources)}.npz"
+    path = cache_dir / f"words-{training.cache_key(tokenizer, max_length, sources)}.npz"
     if path.exists():
         with np.load(path) as z:
-            return {name: (ds._unragged(z[f"{name}_ids"], z[f"{name}_ids_offsets"]),
-                           [x.astype(np.int64) for x in ds._unragged(z[f"{name}_firsts"], z[f"{name}_firsts_offsets"])])
+            return {name: (training.unragged(z[f"{name}_ids"], z[f"{name}_ids_offsets"]),
+                           [x.astype(np.int64) for x in training.unragged(z[f"{name}_firsts"], z[f"{name}_firsts_offsets"])])
                     for name in sentences}
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     arrays: dict[str, np.ndarray] = {}
@@ -104,8 +105,8 @@ def cached_word_ids(
         ids = [x.astype(np.int32) for x in enc.input_ids]
         firsts = [enc.first_piece[i][: enc.covered(i)] for i in range(len(sents))]
         out[name] = (ids, firsts)
-        arrays[f"{name}_ids"], arrays[f"{name}_ids_offsets"] = ds._ragged(ids)
-        arrays[f"{name}_firsts"], arrays[f"{name}_firsts_offsets"] = ds._ragged(firsts)
+        arrays[f"{name}_ids"], arrays[f"{name}_ids_offsets"] = training.ragged(ids)
+        arrays[f"{name}_firsts"], arrays[f"{name}_firsts_offsets"] = training.ragged(firsts)
         log.info("tokenised %s: %d sentences, %.0f sentences/s", name, len(sents), len(sents) / max(time.perf_counter() - t0, 1e-9))
     with data.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -115,7 +116,7 @@ def cached_word_ids(
 
 # ---------------------------------------------------------------- loss and dev score
 
-def _batch(rows: WordRows, idx: np.ndarray, device: torch.device):
+def word_batch(rows: WordRows, idx: np.ndarray, device: torch.device):
     """-> input_ids (B, T), attention_mask (B, T), words (B, T) bool, and (b, t, w): batch row,
     piece position and flat target index of every trained word in the batch."""
     ids, mask = pad_batch([rows.seqs[i] for i in idx])  # (B, T), (B, T)
@@ -127,7 +128,7 @@ def _batch(rows: WordRows, idx: np.ndarray, device: torch.device):
     return ids.to(device), mask.to(device), words.to(device), (b, t, w)
 
 
-def _scatter(values: np.ndarray, where: tuple, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+def scatter_words(values: np.ndarray, where: tuple, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
     """(W, ...) flat per-word values -> (B, T, ...) with each word's value at its first piece, 0 elsewhere."""
     b, t, w = where
     out = torch.zeros(shape + values.shape[1:], dtype=torch.float32 if values.dtype.kind == "f" else torch.long)
@@ -135,20 +136,20 @@ def _scatter(values: np.ndarray, where: tuple, shape: tuple[int, int], device: t
     return out.to(device)
 
 
-def _word_loss(phase: Phase, model: BiLSTMStudent, rows: WordRows, idx: np.ndarray, s) -> torch.Tensor:
+def word_loss(phase: Phase, model: BiLSTMStudent, rows: WordRows, idx: np.ndarray, s) -> torch.Tensor:
     device = model.classifier.weight.device
-    ids, mask, words, where = _batch(rows, idx, device)
+    ids, mask, words, where = word_batch(rows, idx, device)
     logits, projected = model(ids, mask)  # (B, T, C), (B, T, R)
     shape = tuple(ids.shape)
     if phase.target == "repr":
-        return losses.token_repr_loss(s.repr_loss, projected, _scatter(rows.reprs, where, shape, device), words)
+        return losses.token_repr_loss(s.repr_loss, projected, scatter_words(rows.reprs, where, shape, device), words)
     if phase.target == "soft":
-        return losses.token_soft_loss(s.soft_loss, logits, _scatter(rows.logits, where, shape, device), words, s.temperature)
-    return losses.token_hard_ce(logits, _scatter(rows.labels, where, shape, device), words)
+        return losses.token_soft_loss(s.soft_loss, logits, scatter_words(rows.logits, where, shape, device), words, s.temperature)
+    return losses.token_hard_ce(logits, scatter_words(rows.labels, where, shape, device), words)
 
 
 @torch.no_grad()
-def _evaluate_words(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: WordRows | None, s) -> dict[str, float]:
+def evaluate_words(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: WordRows | None, s) -> dict[str, float]:
     """Dev entity F1 (+ precision, recall, word accuracy, gold-tag loss per word); for stage 1 the
     held-out transfer rows' per-word repr loss decides instead."""
     model.eval()
@@ -157,13 +158,13 @@ def _evaluate_words(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: Word
     pred: list[list[str]] = [[] for _ in dev.seqs]
     loss_sum, n_words = 0.0, 0
     for idx in length_batches(np.array([len(x) for x in dev.seqs]), 256):
-        ids, mask, words, where = _batch(dev, idx, device)
+        ids, mask, words, where = word_batch(dev, idx, device)
         logits = model.logits(ids, mask).float()  # (B, T, C)
         tags = logits.argmax(-1).cpu().numpy()  # (B, T)
         for r, i in enumerate(idx):
             pred[i] = [dev.names[k] for k in fill_uncovered(tags[r, dev.firsts[i]], len(dev.gold[i]), outside)]
         k = int(words.sum())
-        loss_sum += float(losses.token_hard_ce(logits, _scatter(dev.labels, where, tuple(ids.shape), device), words)) * k
+        loss_sum += float(losses.token_hard_ce(logits, scatter_words(dev.labels, where, tuple(ids.shape), device), words)) * k
         n_words += k
     sc = entity_scores(dev.gold, pred)
     out = {"dev_f1": sc["f1"], "dev_precision": sc["precision"], "dev_recall": sc["recall"],
@@ -172,7 +173,7 @@ def _evaluate_words(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: Word
         total, n = 0.0, 0
         for idx in length_batches(np.array([len(x) for x in val.seqs]), 256):
             k = sum(len(val.pos[i]) for i in idx)
-            total += float(_word_loss(phase, model, val, idx, s)) * k
+            total += float(word_loss(phase, model, val, idx, s)) * k
             n += k
         out["val_repr_loss"] = total / max(n, 1)
     # Higher is better. Ties in F1 (small dev sets) go to the lower dev loss.
@@ -182,8 +183,8 @@ def _evaluate_words(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: Word
 
 # ---------------------------------------------------------------- the step
 
-def _flat_tags(tbl: data.TokenLabeled) -> tuple[np.ndarray, np.ndarray]:
-    return data.ragged_to_numpy(tbl.table.column("tags"), np.int64)
+def _flat_tags(tbl: token_data.TokenLabeled) -> tuple[np.ndarray, np.ndarray]:
+    return token_data.ragged_to_numpy(tbl.table.column("tags"), np.int64)
 
 
 def _sentences(table) -> list[list[str]]:
@@ -192,14 +193,14 @@ def _sentences(table) -> list[list[str]]:
 
 def _read_pseudo(path: Path, mode: StudentMode, label_names: list[str]):
     cols = ["tokens", "teacher_tags", "teacher_logits"] + (["teacher_repr"] if mode == StudentMode.soft_repr else [])
-    pseudo, meta = data.read_token_pseudo(path, columns=cols)
+    pseudo, meta = token_data.read_token_pseudo(path, columns=cols)
     if meta["num_labels"] != len(label_names) or meta.get("label_names", label_names) != label_names:
         raise DataError(f"{path}: teacher tags {meta.get('label_names', meta['num_labels'])} do not match the train split's {label_names}")
-    tags, offsets = data.ragged_to_numpy(pseudo.column("teacher_tags"), np.int64)
+    tags, offsets = token_data.ragged_to_numpy(pseudo.column("teacher_tags"), np.int64)
     targets = {"labels": tags}
     for name, col, dtype in (("logits", "teacher_logits", np.float32), ("reprs", "teacher_repr", np.float16)):
         if col in pseudo.column_names:
-            targets[name], off = data.ragged_to_numpy(pseudo.column(col), dtype)
+            targets[name], off = token_data.ragged_to_numpy(pseudo.column(col), dtype)
             if not np.array_equal(off, offsets):
                 raise DataError(f"{path}: column '{col}' has a different number of words than 'teacher_tags' in some row")
     n_words = pc.list_value_length(pseudo.column("tokens")).to_numpy(zero_copy_only=False)
@@ -215,8 +216,8 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
         torch.set_num_threads(s.num_threads)
     torch.manual_seed(s.seed)
     out_dir = cfg.student_dir(mode)
-    train = data.read_token_labeled(cfg.data_dir / "train.parquet")
-    dev = data.read_token_labeled(cfg.data_dir / "dev.parquet")
+    train = token_data.read_token_labeled(cfg.data_dir / "train.parquet")
+    dev = token_data.read_token_labeled(cfg.data_dir / "dev.parquet")
     if dev.label_names != train.label_names:
         raise DataError(f"{cfg.data_dir / 'dev.parquet'}: tag names {dev.label_names} differ from train's {train.label_names}")
     label_names = train.label_names
@@ -230,16 +231,16 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
     elif (cfg.data_dir / "transfer.parquet").exists():
         # The baseline's vocabulary comes from the same sentences as the distilled students'.
         sources.append(cfg.data_dir / "transfer.parquet")
-        sentences["transfer"] = _sentences(data.read_token_transfer(cfg.data_dir / "transfer.parquet"))
+        sentences["transfer"] = _sentences(token_data.read_token_transfer(cfg.data_dir / "transfer.parquet"))
 
-    teacher_path = ds._teacher_path(cfg)
-    tokenizer = ds.teacher_tokenizer(teacher_path)
+    teacher_path = training.teacher_model_dir(cfg)
+    tokenizer = training.teacher_tokenizer(teacher_path)
     pieces = cached_word_ids(out_dir.parent / ".cache", tokenizer, s.max_length, sentences, sources)
-    vocab = ds.trimmed_vocab(tokenizer, [ids for k, (ids, _) in pieces.items() if k != "dev"], s)
+    vocab = training.trimmed_vocab(tokenizer, [ids for k, (ids, _) in pieces.items() if k != "dev"], s)
     seqs = {k: [vocab.encode(x) for x in ids] for k, (ids, _) in pieces.items()}
-    teacher_matrix = ds._teacher_embeddings(teacher_path)  # (V_teacher, H)
+    teacher_matrix = training.teacher_embeddings(teacher_path)  # (V_teacher, H)
     repr_dim = int(pseudo_targets["reprs"].shape[1]) if pseudo_targets and "reprs" in pseudo_targets else teacher_matrix.shape[1]
-    model, arch, device = ds.new_student(s, vocab, teacher_matrix, repr_dim, len(label_names), TASK)
+    model, arch, device = training.new_student(s, vocab, teacher_matrix, repr_dim, len(label_names), TASK)
 
     train_tags, train_off = _flat_tags(train)
     dev_tags, dev_off = _flat_tags(dev)
@@ -262,9 +263,9 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
     def data_for(phase: Phase) -> WordRows:
         return {"repr": transfer, "soft": transfer, "hard": hard_rows, "labels": train_rows}[phase.target]
 
-    phases = ds.plan(mode, s)
-    fingerprint = ds.run_fingerprint(s, sources, teacher_path, len(vocab))
-    ckpt_path = ds.checkpoint_path(out_dir)
+    phases = training.plan(mode, s)
+    fingerprint = training.run_fingerprint(s, sources, teacher_path, len(vocab))
+    ckpt_path = training.checkpoint_path(out_dir)
     log.info("tagger %s on %s: %d params, vocab %d, phases %s", mode.value, device, count_parameters(model), len(vocab), [p.name for p in phases])
     with tracking.step_run(cfg, f"distill-student-{mode.value}") as tr:
         tr.log_params({"student": s.model_dump(mode="json"), "task": TASK, "vocab_size": len(vocab),
@@ -277,20 +278,20 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
             if on_epoch is not None:
                 on_epoch(rec)
 
-        history = ds.train_phases(model, phases, data_for, dev_rows, val, s, ckpt_path, fingerprint, epoch_hook,
-                               loss_fn=_word_loss, evaluate_fn=_evaluate_words, metric="dev_f1")
+        history = training.train_phases(model, phases, data_for, dev_rows, val, s, ckpt_path, fingerprint, epoch_hook,
+                               loss_fn=word_loss, evaluate_fn=evaluate_words, metric="dev_f1")
         model.eval()
-        final = _evaluate_words(Phase("final", "labels", (), 0, None), model, dev_rows, None, s)
+        final = evaluate_words(Phase("final", "labels", (), 0, None), model, dev_rows, None, s)
         seconds = time.perf_counter() - t_start
         metrics = {
             "mode": mode.value, "task": TASK, "dev_f1": final["dev_f1"], "dev_precision": final["dev_precision"],
             "dev_recall": final["dev_recall"], "dev_token_accuracy": final["dev_token_accuracy"], "dev_loss": final["dev_loss"],
             "parameters": count_parameters(model), "embedding_parameters": model.embeddings.weight.numel(),
             "vocab_size": len(vocab), "seconds": seconds, "epochs": len(history),
-            "phases": ds.phase_summary(phases, history), "history": history,
+            "phases": training.phase_summary(phases, history), "history": history,
         }
         with data.atomic_dir(out_dir) as tmp:
-            save_student(tmp, model, arch, vocab, tokenizer, label_names, mode.value, s.max_length, ds.teacher_info(teacher_path, teacher_matrix))
+            save_student(tmp, model, arch, vocab, tokenizer, label_names, mode.value, s.max_length, training.teacher_info(teacher_path, teacher_matrix))
             data.write_json(tmp / "metrics.json", metrics)
         tr.log_metrics({"final.dev_f1": final["dev_f1"], "final.dev_precision": final["dev_precision"],
                         "final.dev_recall": final["dev_recall"], "parameters": metrics["parameters"],

@@ -1,4 +1,5 @@
-"""evaluate: the one step that reads the test split. Teacher vs student(s) vs baseline.
+"""evaluate for sequence classification: the one step that reads the test split. Teacher vs
+student(s) vs baseline.
 
 Quality (accuracy, macro-F1, per class, confusion, agreement with the teacher, ECE), size
 (parameters, weights on disk, compression) and speed (examples/s at batch 256, p50/p95 latency
@@ -13,18 +14,14 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import data, report, tracking
-from components.lib.cli import step_main
-from components.lib.config import PipelineConfig, StudentMode
+from components.lib import data, report, report_md, tracking
+from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
-
-if TYPE_CHECKING:
-    from components.evaluate_tokens import TokenEvalResult
+from components.lib.evaluation import build_report, find_students, timings
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +41,9 @@ class EvalResult(BaseModel):
     students: list[str]
 
 
-def find_students(cfg: PipelineConfig, student_dirs: dict[str, Path] | None) -> dict[str, Path]:
-    """mode -> dir: the explicit mapping (kfp passes artifact paths), else every trained mode's dir."""
-    if student_dirs is not None:
-        dirs = {StudentMode(m).value: Path(p) for m, p in student_dirs.items()}
-        missing = [f"{m}: {p}" for m, p in dirs.items() if not (p / "config.json").exists()]
-        if missing:
-            raise UserError(f"student dir without config.json ({'; '.join(missing)})")
-    else:
-        dirs = {m.value: cfg.student_dir(m) for m in cfg.student_modes if (cfg.student_dir(m) / "config.json").exists()}
-    if not dirs:
-        expected = ", ".join(str(cfg.student_dir(m)) for m in cfg.student_modes)
-        raise UserError(f"no trained student found (looked in {expected}); run distill-student first")
-    return dirs
-
-
-def chosen_mode(cfg: PipelineConfig, modes: list[str]) -> str:
-    """The configured mode when it was evaluated, else the first distilled (non-baseline) one."""
-    if cfg.student.mode.value in modes:
-        return cfg.student.mode.value
-    distilled = [m for m in modes if m != StudentMode.labels_only.value]
-    return (distilled or modes)[0]
-
-
-def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str, float]]:
-    """(items/s at evaluate.batch_size over throughput_rows items, batch-1 latency p50/p95/mean ms)."""
-    bs = cfg.evaluate.batch_size
-    return report.throughput(predict, report.repeat_to(texts, cfg.evaluate.throughput_rows), bs), \
-        report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
-
-
 def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, label_names: list[str]) -> tuple[dict, np.ndarray]:
-    from components.lib.teacher import count_parameters, label_names_of, load_teacher, score
+    from components.lib.teacher import label_names_of, load_teacher, score
+    from components.lib.torch_utils import count_parameters
 
     path = tracking.resolve_teacher(cfg)
     model, tokenizer = load_teacher(path)
@@ -96,8 +64,9 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
 
 def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: np.ndarray, label_names: list[str],
                      teacher_logits: np.ndarray, scratch: Path) -> dict:
-    from components.export import export_onnx, onnx_predict_logits, ort_session
-    from components.lib.student_io import count_parameters, load_student, predict_logits
+    from components.lib.onnx import export_onnx, onnx_predict_logits, ort_session
+    from components.lib.student_io import load_student, predict_logits
+    from components.lib.torch_utils import count_parameters
 
     st = load_student(path)
     if st.label_names != label_names:
@@ -118,40 +87,6 @@ def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: 
     return out
 
 
-def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
-                 test_rows: int, card: dict | None, metric: str = "accuracy") -> dict:
-    """The report.json body; `metric` (accuracy, or entity f1 for token classification) is the
-    headline score that retention and the export gate use."""
-    mode = chosen_mode(cfg, list(students))
-    student = students[mode]
-    rep = {
-        "metric": metric,
-        "teacher": teacher,
-        "student": student,
-        "students": students,
-        "retention": student[metric] / teacher[metric] if teacher[metric] else 0.0,
-        "params": {"teacher": teacher["params"], "student": student["params"]},
-        "compression": teacher["params"] / student["params"],
-        "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],
-                       "student_onnx": student["throughput_onnx"]},
-        "speedup": student["throughput"] / teacher["throughput"],
-        "speedup_onnx": student["throughput_onnx"] / teacher["throughput"],
-        "latency_ms": {"teacher": teacher["latency_ms"], "student": student["latency_ms"],
-                       "student_onnx": student["latency_ms_onnx"]},
-        "label_names": label_names,
-        "test_rows": test_rows,
-        "batch_size": cfg.evaluate.batch_size,
-        "throughput_rows": cfg.evaluate.throughput_rows,
-        "latency_runs": cfg.evaluate.latency_runs,
-        "data_card": card,
-        "environment": report.environment(),
-    }
-    baseline = StudentMode.labels_only.value
-    if mode != baseline and baseline in students:
-        rep["baseline"] = students[baseline]
-    return rep
-
-
 def write_outputs(rep: dict, out: Path) -> None:
     """report.json, report.md and the plots into `out` (the caller's temp dir)."""
     data.write_json(out / "report.json", rep)
@@ -164,16 +99,12 @@ def write_outputs(rep: dict, out: Path) -> None:
     for mode, m in rep["students"].items():
         points += [(f"{mode} (torch)", m["throughput"], m["accuracy"]), (f"{mode} (ONNX)", m["throughput_onnx"], m["accuracy"])]
     report.plot_accuracy_speed(points, f"accuracy vs speed, batch {rep['batch_size']}", out / "accuracy_vs_speed.png")
-    (out / "report.md").write_text(report.render_markdown(rep))
+    (out / "report.md").write_text(report_md.render_markdown(rep))
 
 
-def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> EvalResult | TokenEvalResult:
+def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> EvalResult:
     import torch
 
-    if cfg.is_token_task:
-        from components import evaluate_tokens
-
-        return evaluate_tokens.run(cfg, student_dirs)
     if cfg.evaluate.num_threads:
         torch.set_num_threads(cfg.evaluate.num_threads)
     dirs = find_students(cfg, student_dirs)
@@ -211,10 +142,3 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Eva
         compression=rep["compression"], speedup=rep["speedup"], speedup_onnx=rep["speedup_onnx"], students=list(students),
     )
 
-
-def main(argv=None):
-    return step_main(run, "Evaluate teacher, student and baseline on the test split: quality, size, speed", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

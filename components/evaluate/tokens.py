@@ -18,14 +18,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from components.evaluate import build_report, find_students, timings
-from components.lib import data, ner_metrics, report, tracking
+from components.lib import data, ner_metrics, report, report_md, token_data, tracking
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
+from components.lib.evaluation import build_report, find_students, timings
+from components.lib.task import Task
+from components.lib.tokens import argmax_tags
 
 log = logging.getLogger(__name__)
 
-TASK = "token-classification"
+TASK = Task.token_classification
 METRIC = "f1"  # entity-level micro F1: the headline score (retention, the export gate)
 
 
@@ -61,14 +63,8 @@ def scores(gold: list[list[str]], pred: list[list[str]], langs: list[str] | None
 
 def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list[list[str]], label_names: list[str],
                      langs: list[str] | None) -> tuple[dict, list[list[str]]]:
-    from components.export_tokens import word_tags
-    from components.lib.teacher import (
-        count_parameters,
-        head_is_trained,
-        label_names_of,
-        load_teacher,
-        score_words,
-    )
+    from components.lib.teacher import head_is_trained, label_names_of, load_teacher, score_words
+    from components.lib.torch_utils import count_parameters
 
     path = tracking.resolve_teacher(cfg)
     if not head_is_trained(path, TASK):
@@ -81,7 +77,7 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
     t0 = time.perf_counter()
     logits, _ = score_words(model, tokenizer, sentences, max_len, bs)
     log.info("teacher tagged %d test sentences in %.1fs", len(sentences), time.perf_counter() - t0)
-    pred = word_tags(logits, sentences, label_names)
+    pred = argmax_tags(logits, sentences, label_names)
     speed, lat = timings(lambda b: score_words(model, tokenizer, b, max_len, bs), sentences, cfg)
     out = scores(gold, pred, langs)
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len,
@@ -93,9 +89,9 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
 
 def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]], gold: list[list[str]],
                      label_names: list[str], langs: list[str] | None, teacher_pred: list[list[str]], scratch: Path) -> dict:
-    from components.export import export_onnx, ort_session
-    from components.export_tokens import onnx_predict_word_logits
-    from components.lib.student_io import count_parameters, load_student, predict_tags, predict_word_logits
+    from components.lib.onnx import export_onnx, onnx_predict_word_logits, ort_session
+    from components.lib.student_io import load_student, predict_tags, predict_word_logits
+    from components.lib.torch_utils import count_parameters
 
     st = load_student(path)
     if not st.arch.per_token:
@@ -128,7 +124,7 @@ def write_outputs(rep: dict, out: Path) -> None:
                                ylabel="test entity F1", xlabel="sentences/s (log scale)")
     models = {"teacher": rep["teacher"], **rep["students"]}
     report.plot_per_type_f1({name: m["per_type"] for name, m in models.items()}, "entity F1 per type", out / "f1_per_type.png")
-    (out / "report.md").write_text(report.render_ner_markdown(rep))
+    (out / "report.md").write_text(report_md.render_ner_markdown(rep))
 
 
 def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> TokenEvalResult:
@@ -137,7 +133,7 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Tok
     if cfg.evaluate.num_threads:
         torch.set_num_threads(cfg.evaluate.num_threads)
     dirs = find_students(cfg, student_dirs)
-    test = data.read_token_labeled(cfg.data_dir / "test.parquet")
+    test = token_data.read_token_labeled(cfg.data_dir / "test.parquet")
     sentences = test.table.column("tokens").to_pylist()
     gold = ner_metrics.tag_names(test.table.column("tags").to_pylist(), test.label_names)
     langs = [str(x) for x in test.table.column("lang").to_pylist()] if test.has_lang else None
@@ -153,7 +149,7 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Tok
         with tempfile.TemporaryDirectory() as scratch:
             students = {m: evaluate_student(cfg, p, sentences, gold, test.label_names, langs, teacher_pred, Path(scratch))
                         for m, p in dirs.items()}
-        rep = {"task": TASK, **build_report(cfg, teacher, students, test.label_names, len(sentences), card, metric=METRIC)}
+        rep = {"task": TASK.value, **build_report(cfg, teacher, students, test.label_names, len(sentences), card, metric=METRIC)}
         rep["test_words"] = sum(len(s) for s in sentences)
         rep["entity_types"] = sorted({t for m in (teacher, *students.values()) for t in m["per_type"]})
         rep["languages"] = sorted(set(langs)) if langs is not None else None

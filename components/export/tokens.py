@@ -4,7 +4,8 @@ MLflow pyfunc that takes raw sentences and returns entity spans, the registry ga
 Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/report.json (its
 entity F1 and retention decide the gate) and cfg.data_dir/test.parquet (parity and the int8 F1
 only). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when kept), pyfunc/,
-export_summary.json. ONNX export, quantisation, the bundle and the registry are export.py's.
+export_summary.json. ONNX export, parity and int8 are lib/onnx.py's; the bundle and the registry
+lib/registry.py's.
 """
 
 from __future__ import annotations
@@ -17,21 +18,20 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from components.export import (
-    PARITY_ATOL,
-    ParityError,
-    _read_report,
-    export_onnx,
-    ort_session,
-    pip_requirements,
-    pyfunc_bundle,
-    pyfunc_code_paths,
-    register,
-    try_int8,
-)
-from components.lib import data, ner_metrics, report, tracking
+from components.lib import data, ner_metrics, report, token_data, tracking
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
+from components.lib.onnx import (
+    ParityError,
+    check_word_parity,
+    export_onnx,
+    onnx_predict_word_logits,
+    ort_session,
+    try_int8,
+)
+from components.lib.registry import pip_requirements, pyfunc_bundle, pyfunc_code_paths, read_report, register
+from components.lib.task import Task
+from components.lib.tokens import argmax_tags
 
 log = logging.getLogger(__name__)
 
@@ -59,58 +59,8 @@ class TokenExportResult(BaseModel):
 
 # ---------------------------------------------------------------- ONNX inference and parity
 
-def onnx_predict_word_logits(session, student, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[np.ndarray]:
-    """Pre-split sentences -> per sentence (n_covered, C) logits from ONNX Runtime, aligned exactly
-    as student_io.predict_word_logits (first piece of each covered word)."""
-    from components.lib.student_io import length_batches, pad_batch, word_ids
-
-    ids, firsts = word_ids(student, sentences)
-    out = [np.zeros((0, len(student.label_names)), np.float32)] * len(ids)
-    for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
-        batch, mask = pad_batch([ids[i] for i in idx])  # (B, T) int64 each
-        logits = session.run(["logits"], {"input_ids": batch.numpy(), "attention_mask": mask.numpy()})[0]  # (B, T, C)
-        for r, i in enumerate(idx):
-            out[i] = logits[r, firsts[i]]
-    return out
-
-
-def word_tags(word_logits: Sequence[np.ndarray], sentences: Sequence[Sequence[str]], label_names: list[str]) -> list[list[str]]:
-    """Per-word logits of the covered prefix -> a tag name for every word (cut-off words are O)."""
-    from components.lib.tokens import fill_uncovered, outside_index
-
-    outside = outside_index(label_names)
-    return [[label_names[t] for t in fill_uncovered(lg.argmax(-1) if len(lg) else np.zeros(0, np.int64), len(s), outside)]
-            for lg, s in zip(word_logits, sentences, strict=True)]
-
-
-def check_word_parity(student, session, sentences: Sequence[Sequence[str]], batch_size: int = 64) -> float:
-    """Max |torch - ORT| per-word logit over the sentences on identical padded batches; raises
-    ParityError past 1e-4 or on any per-word argmax difference."""
-    import torch
-
-    from components.lib.student_io import pad_batch, word_ids
-
-    ids, firsts = word_ids(student, sentences)
-    worst = 0.0
-    for lo in range(0, len(ids), batch_size):
-        batch, mask = pad_batch(ids[lo : lo + batch_size])
-        with torch.inference_mode():
-            ref = student.model.logits(batch, mask).float().numpy()  # (B, T, C)
-        got = session.run(["logits"], {"input_ids": batch.numpy(), "attention_mask": mask.numpy()})[0]
-        rows = range(len(batch))
-        ref_w = np.concatenate([ref[r, firsts[lo + r]] for r in rows])  # (words, C): only what is read
-        got_w = np.concatenate([got[r, firsts[lo + r]] for r in rows])
-        diff = float(np.abs(ref_w - got_w).max()) if len(ref_w) else 0.0
-        worst = max(worst, diff)
-        flips = int((ref_w.argmax(-1) != got_w.argmax(-1)).sum()) if len(ref_w) else 0
-        if diff > PARITY_ATOL or flips:
-            raise ParityError(f"ONNX parity failed on sentences {lo}..{lo + len(batch) - 1}: max |Δlogit| {diff:.2e} "
-                              f"(limit {PARITY_ATOL:.0e}), {flips} per-word argmax differences")
-    return worst
-
-
 def onnx_f1(session, student, sentences, gold: list[list[str]], batch_size: int = 256) -> float:
-    pred = word_tags(onnx_predict_word_logits(session, student, sentences, batch_size), sentences, student.label_names)
+    pred = argmax_tags(onnx_predict_word_logits(session, student, sentences, batch_size), sentences, student.label_names)
     return ner_metrics.entity_scores(gold, pred)["f1"]
 
 
@@ -153,7 +103,7 @@ def expected_entities(session, student, texts: list[str], pretokenizer: str) -> 
     sents = [[w for w, _, _ in ws] for ws in words]
     logits = onnx_predict_word_logits(session, student, sents)
     out = []
-    for text, ws, lg, tags in zip(texts, words, logits, word_tags(logits, sents, student.label_names), strict=True):
+    for text, ws, lg, tags in zip(texts, words, logits, argmax_tags(logits, sents, student.label_names), strict=True):
         conf = report.softmax(lg).max(axis=1) if len(lg) else np.zeros(0)
         out.append([{"entity": typ, "text": text[ws[a][1]:ws[b - 1][2]], "start": ws[a][1], "end": ws[b - 1][2],
                      "score": float(conf[a:b].mean())} for typ, a, b in spans(tags)])
@@ -180,11 +130,11 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
     student = load_student(student_dir)
     if not student.arch.per_token:
         raise UserError(f"{student_dir}/config.json: a {student.arch.task} student, but task is token-classification")
-    rep = _read_report(cfg)
+    rep = read_report(cfg)
     if rep.get("metric") != METRIC:
         raise UserError(f"{cfg.eval_dir / 'report.json'}: metric is {rep.get('metric')!r}, not the token report's 'f1' "
                         "(re-run evaluate with task token-classification)")
-    test = data.read_token_labeled(cfg.data_dir / "test.parquet")
+    test = token_data.read_token_labeled(cfg.data_dir / "test.parquet")
     if test.label_names != student.label_names:
         raise UserError(f"{student_dir}/config.json: label_names {student.label_names} differ from the test split's {test.label_names}")
     sentences = test.table.column("tokens").to_pylist()
@@ -195,7 +145,7 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
 
     with tracking.step_run(cfg, "export") as tr, tempfile.TemporaryDirectory() as scratch:
         tr.log_params({"export": ec.model_dump(mode="json"), "student_dir": str(student_dir), "mode": student.mode,
-                       "task": "token-classification", "pretokenizer": cfg.data.pretokenizer})
+                       "task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer})
         with data.atomic_dir(cfg.export_dir) as out:
             onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
             session = ort_session(onnx_path, ec.num_threads)
@@ -210,7 +160,7 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
 
             import mlflow.pyfunc
 
-            extra = {"task": "token-classification", "pretokenizer": cfg.data.pretokenizer}
+            extra = {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer}
             bundle = pyfunc_bundle(student_dir, serve, student, Path(scratch) / "student", extra)
             texts = sentence_texts(sentences)
             mlflow.pyfunc.save_model(str(out / "pyfunc"), **tagger_kwargs(bundle, Path(scratch) / "code", texts[:2]))
@@ -220,7 +170,7 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
                 raise ParityError(f"pyfunc entities {got} differ from ONNX {want}")
 
             summary = {
-                "task": "token-classification", "metric": METRIC,
+                "task": Task.token_classification.value, "metric": METRIC,
                 "onnx": {"path": "model.onnx", "opset": ec.opset, "bytes": onnx_path.stat().st_size,
                          "parity_max_abs_diff": worst, METRIC: f1_fp32},
                 "int8": {k: v for k, v in q.items() if k != "path"} | {"path": q["path"] and Path(q["path"]).name},
@@ -237,7 +187,7 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
                     tags = {
                         "teacher": str(rep.get("teacher", {}).get("model", student.config.get("teacher", {}))),
                         "data_card_sha256": data.sha256_file(card) if card.exists() else "",
-                        "mode": student.mode, "task": "token-classification", "metric": METRIC,
+                        "mode": student.mode, "task": Task.token_classification.value, "metric": METRIC,
                         METRIC: repr(f1), "retention": repr(retention), "onnx": serve.name,
                     }
                     if cfg.tracking.kfp_run_id:

@@ -1,7 +1,8 @@
-"""finetune-teacher for task: token-classification (an AutoModelForTokenClassification tagger).
+"""finetune-teacher for token classification (an AutoModelForTokenClassification tagger).
 
-The sequence-classification recipe (components/finetune_teacher.py: Trainer arguments, seed, early
-stopping, best checkpoint, output dir, MLflow logging) with two differences:
+The sequence-classification recipe (lib/finetune.py: Trainer arguments, early stopping, best
+checkpoint, output dir, MLflow logging; the seed as in finetune_teacher/sequence.py) with two
+differences:
 - each word's tag goes on its FIRST sub-piece; later pieces and special tokens get -100, so they
   carry no loss (tokens.piece_labels);
 - dev is scored as ENTITY F1 (seqeval, exact spans, ner_metrics.entity_scores) and the best-F1
@@ -21,14 +22,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from transformers import set_seed
 
-from components import finetune_teacher as F
-from components.lib import data, ner_metrics, tokens, tracking
+from components.lib import finetune as F
+from components.lib import ner_metrics, token_data, tokens, tracking
 from components.lib import teacher as T
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
+from components.lib.task import Task
+from components.lib.torch_utils import count_parameters
 
 log = logging.getLogger("distilflow.finetune_teacher")
-TASK = "token-classification"
+TASK = Task.token_classification
 DEV_METRICS = ("f1", "precision", "recall")  # the first one selects the epoch
 
 
@@ -49,11 +52,11 @@ class TokenFinetuneResult(BaseModel):
     model_uri: str | None
 
 
-def _sentences(split: data.TokenLabeled) -> list[list[str]]:
+def _sentences(split: token_data.TokenLabeled) -> list[list[str]]:
     return split.table.column("tokens").to_pylist()
 
 
-def _gold(split: data.TokenLabeled) -> list[list[str]]:
+def _gold(split: token_data.TokenLabeled) -> list[list[str]]:
     return ner_metrics.tag_names(split.table.column("tags").to_pylist(), split.label_names)
 
 
@@ -62,7 +65,7 @@ def words_cut(enc: tokens.WordEncoding, sentences: Sequence[Sequence[str]]) -> i
     return sum(len(s) - enc.covered(i) for i, s in enumerate(sentences))
 
 
-def encode(tokenizer, split: data.TokenLabeled, max_length: int):
+def encode(tokenizer, split: token_data.TokenLabeled, max_length: int):
     """(datasets.Dataset of input_ids/attention_mask/labels, the WordEncoding) of a labeled split."""
     from datasets import Dataset
 
@@ -78,26 +81,19 @@ def encode(tokenizer, split: data.TokenLabeled, max_length: int):
     return ds, enc
 
 
-def word_tags(word_pred: Sequence[np.ndarray], n_words: Sequence[int], label_names: Sequence[str]) -> list[list[str]]:
-    """Per covered word tag ids -> full-sentence tag names (cut-off words get the O tag)."""
-    outside = tokens.outside_index(label_names)
-    return [[label_names[k] for k in tokens.fill_uncovered(np.asarray(p, np.int64), n, outside)]
-            for p, n in zip(word_pred, n_words, strict=True)]
-
-
 def predict_tags(model, tokenizer, sentences: Sequence[Sequence[str]], label_names: Sequence[str], max_length: int,
                  batch_size: int) -> list[list[str]]:
     """Tag names of every word (teacher.score_words: first sub-piece; cut-off words are O)."""
     logits, _ = T.score_words(model, tokenizer, sentences, max_length, batch_size)
-    return word_tags([lg.argmax(1) for lg in logits], [len(s) for s in sentences], label_names)
+    return tokens.argmax_tags(logits, sentences, label_names)
 
 
-def dev_scores(model, tokenizer, dev: data.TokenLabeled, cfg: PipelineConfig) -> dict:
+def dev_scores(model, tokenizer, dev: token_data.TokenLabeled, cfg: PipelineConfig) -> dict:
     pred = predict_tags(model, tokenizer, _sentences(dev), dev.label_names, cfg.teacher.max_length, cfg.transfer.batch_size)
     return ner_metrics.entity_scores(_gold(dev), pred)
 
 
-def _train(cfg: PipelineConfig, model, tokenizer, train: data.TokenLabeled, dev: data.TokenLabeled, ckpt_dir: Path):
+def _train(cfg: PipelineConfig, model, tokenizer, train: token_data.TokenLabeled, dev: token_data.TokenLabeled, ckpt_dir: Path):
     """(trainer, per-epoch history with dev_f1/precision/recall, train sentences/s)."""
     from transformers import DataCollatorForTokenClassification
 
@@ -116,7 +112,7 @@ def _train(cfg: PipelineConfig, model, tokenizer, train: data.TokenLabeled, dev:
     def entity_f1(pred) -> dict[str, float]:
         ids = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions  # (N, T), padded with -100
         words = [np.asarray(ids[i])[dev_enc.first_piece[i][: dev_enc.covered(i)]] for i in range(len(gold))]
-        scores = ner_metrics.entity_scores(gold, word_tags(words, n_words, dev.label_names))
+        scores = ner_metrics.entity_scores(gold, tokens.word_tags(words, n_words, dev.label_names))
         return {m: scores[m] for m in DEV_METRICS}
 
     return F.fit(cfg, model, tokenizer, train_ds, dev_ds, DataCollatorForTokenClassification(tokenizer), entity_f1,
@@ -127,8 +123,8 @@ def run(cfg: PipelineConfig) -> TokenFinetuneResult:
     tc = cfg.teacher
     t0 = time.perf_counter()
     F.set_threads(tc.num_threads)
-    train = data.read_token_labeled(cfg.data_dir / "train.parquet")
-    dev = data.read_token_labeled(cfg.data_dir / "dev.parquet")
+    train = token_data.read_token_labeled(cfg.data_dir / "train.parquet")
+    dev = token_data.read_token_labeled(cfg.data_dir / "dev.parquet")
     if train.label_names != dev.label_names:
         raise UserError(f"{cfg.data_dir / 'dev.parquet'}: tag names {dev.label_names} differ from train's {train.label_names}")
     names = train.label_names
@@ -142,16 +138,16 @@ def run(cfg: PipelineConfig) -> TokenFinetuneResult:
         is_main = True
         with tempfile.TemporaryDirectory(prefix="distilflow-teacher-ckpt-") as ckpt:
             if tc.finetune:
-                set_seed(tc.seed)  # before the fresh head is initialised (see finetune_teacher.run)
+                set_seed(tc.seed)  # before the fresh head is initialised (see finetune_teacher/sequence.py)
                 model, tokenizer = T.load_teacher(src, label_names=names, task=TASK)
                 log.info("fine-tuning %s (%.1fM params) as a token classifier on %d sentences, dev %d", tc.model,
-                         T.count_parameters(model) / 1e6, len(train.table), len(dev.table))
+                         count_parameters(model) / 1e6, len(train.table), len(dev.table))
                 trainer, history, ex_per_s = _train(cfg, model, tokenizer, train, dev, Path(ckpt))
                 model = trainer.model
                 is_main = trainer.is_world_process_zero()
             else:
                 model, tokenizer = F.load_finetuned(src, tc.model, names, task=TASK)
-        params = T.count_parameters(model)
+        params = count_parameters(model)
         if not is_main:  # other torchrun ranks: rank 0 writes the output and logs
             nan = float("nan")
             return TokenFinetuneResult(teacher_dir=str(cfg.teacher_dir), label_names=names, dev_f1=nan, dev_precision=nan,

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.lib.errors import UserError
+from components.lib.task import Task
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -27,11 +28,6 @@ PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 
 class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=False)
-
-
-class Task(str, Enum):
-    sequence_classification = "sequence-classification"
-    token_classification = "token-classification"
 
 
 class StudentMode(str, Enum):

@@ -8,6 +8,9 @@ with one line naming the file and column, and no reader ever sees a half-written
 | transfer    | id: string, text: string                                            |
 | pseudo      | id, text, teacher_label: int64, teacher_logits: fixed_size_list<f32>[C],
 |             | teacher_repr: fixed_size_list<f16>[H] (optional)                    |
+
+The token-classification contracts (labeled-tokens, transfer-tokens, pseudo-tokens) are
+lib/token_data.py's, built on the file machinery here.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ def pseudo_table(
 
 # ---------------------------------------------------------------- validated reads
 
-def _open(path: str | Path) -> pq.ParquetFile:
+def open_parquet(path: str | Path) -> pq.ParquetFile:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -198,7 +201,7 @@ def _open(path: str | Path) -> pq.ParquetFile:
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
 
 
-def _check_columns(schema: pa.Schema, path: str | Path, expected: pa.Schema) -> None:
+def check_columns(schema: pa.Schema, path: str | Path, expected: pa.Schema) -> None:
     for field in expected:
         if field.name not in schema.names:
             raise DataError(f"{path}: column '{field.name}' missing (expected {field.type})")
@@ -230,7 +233,7 @@ def _check_labeled(table: pa.Table, path: str | Path, label_names: list[str]) ->
             raise DataError(f"{path}: column 'label' has value {bad} outside 0..{len(label_names) - 1} ({label_names})")
 
 
-def _label_names(schema: pa.Schema, path: str | Path) -> list[str]:
+def label_names_meta(schema: pa.Schema, path: str | Path) -> list[str]:
     names = read_metadata(schema).get("label_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: schema metadata 'distilflow.label_names' missing or not a list of names")
@@ -244,37 +247,37 @@ class Labeled:
 
 
 def read_labeled(path: str | Path) -> Labeled:
-    pf = _open(path)
+    pf = open_parquet(path)
     schema = pf.schema_arrow
-    _check_columns(schema, path, LABELED_SCHEMA)
-    names = _label_names(schema, path)
+    check_columns(schema, path, LABELED_SCHEMA)
+    names = label_names_meta(schema, path)
     table = pf.read(columns=LABELED_SCHEMA.names).cast(with_metadata(LABELED_SCHEMA, "labeled", {"label_names": names}))
     _check_labeled(table, path, names)
     return Labeled(table, names)
 
 
 def read_transfer(path: str | Path) -> pa.Table:
-    pf = _open(path)
-    _check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
+    pf = open_parquet(path)
+    check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
     table = pf.read(columns=TRANSFER_SCHEMA.names)
     _check_texts(table, path)
     return table
 
 
 def transfer_rows(path: str | Path) -> int:
-    pf = _open(path)
-    _check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
+    pf = open_parquet(path)
+    check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
     return pf.metadata.num_rows
 
 
 def iter_transfer(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
     """Stream rows [start, stop) of a transfer table one row group at a time (bounded memory)."""
-    pf = _open(path)
-    _check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
-    yield from _row_groups(pf, path, TRANSFER_SCHEMA.names, start, stop, _check_texts)
+    pf = open_parquet(path)
+    check_columns(pf.schema_arrow, path, TRANSFER_SCHEMA)
+    yield from row_groups(pf, path, TRANSFER_SCHEMA.names, start, stop, _check_texts)
 
 
-def _row_groups(pf: pq.ParquetFile, path: str | Path, columns: list[str], start: int, stop: int | None,
+def row_groups(pf: pq.ParquetFile, path: str | Path, columns: list[str], start: int, stop: int | None,
                 check) -> Iterator[pa.Table]:
     """Rows [start, stop) of `columns`, read and validated one row group at a time."""
     stop = pf.metadata.num_rows if stop is None else stop
@@ -313,7 +316,7 @@ def check_pseudo_schema(schema: pa.Schema, path: str | Path) -> dict[str, object
 
 
 def read_pseudo(path: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, object]]:
-    pf = _open(path)
+    pf = open_parquet(path)
     meta = check_pseudo_schema(pf.schema_arrow, path)
     if columns and "teacher_repr" in columns and meta["repr_dim"] is None:
         raise DataError(f"{path}: column 'teacher_repr' missing (run pseudo-labelling with transfer.keep_repr=true)")
@@ -326,266 +329,3 @@ def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, dtype: type = np.float3
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     width = arr.type.list_size
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(dtype, copy=False)
-
-
-# ================================================================ token classification
-#
-# | table            | columns                                                                  |
-# | labeled-tokens   | id: string, tokens: list<string>, tags: list<int64>, lang: string (opt.)  |
-# | transfer-tokens  | id: string, tokens: list<string>, lang: string (optional)                |
-# | pseudo-tokens    | id, tokens, teacher_tags: list<int64>, teacher_logits: list<fsl<f32>[C]>, |
-# |                  | teacher_repr: list<fsl<f16>[H]> (optional), lang (optional)              |
-#
-# Every per-word list has one entry per word of `tokens` (the teacher's value at the word's
-# first sub-piece). Pseudo rows keep only the words the teacher saw: `tokens` is cut to the
-# words inside transfer.max_length, so every list in a row has the same length.
-
-TOKEN_LABELED_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.list_(pa.string())), ("tags", pa.list_(pa.int64()))])
-TOKEN_TRANSFER_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.list_(pa.string()))])
-LANG_FIELD = pa.field("lang", pa.string())
-
-
-def _with_lang(schema: pa.Schema, langs: list[str] | None) -> pa.Schema:
-    return schema.append(LANG_FIELD) if langs is not None else schema
-
-
-def token_pseudo_schema(num_labels: int, repr_dim: int | None, with_lang: bool = False) -> pa.Schema:
-    fields = [
-        ("id", pa.string()),
-        ("tokens", pa.list_(pa.string())),
-        ("teacher_tags", pa.list_(pa.int64())),
-        ("teacher_logits", pa.list_(pa.list_(pa.float32(), num_labels))),
-    ]
-    if repr_dim:
-        fields.append(("teacher_repr", pa.list_(pa.list_(pa.float16(), repr_dim))))
-    schema = pa.schema(fields)
-    return schema.append(LANG_FIELD) if with_lang else schema
-
-
-def _check_tokens(table: pa.Table, path: str | Path) -> None:
-    ids, tokens = table.column("id"), table.column("tokens")
-    if ids.null_count:
-        raise DataError(f"{path}: column 'id' has {ids.null_count} null values")
-    if tokens.null_count:
-        raise DataError(f"{path}: column 'tokens' has {tokens.null_count} null values")
-    if not len(table):
-        return
-    lengths = pc.list_value_length(tokens)
-    empty = pc.sum(pc.equal(lengths, 0)).as_py()
-    if empty:
-        raise DataError(f"{path}: column 'tokens' has {empty} empty sentences")
-    words = pc.list_flatten(tokens)
-    if words.null_count:
-        raise DataError(f"{path}: column 'tokens' has {words.null_count} null words")
-    blank = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(words)), 0)).as_py()
-    if blank:
-        raise DataError(f"{path}: column 'tokens' has {blank} empty or whitespace-only words")
-    if "lang" in table.column_names and table.column("lang").null_count:
-        raise DataError(f"{path}: column 'lang' has {table.column('lang').null_count} null values")
-
-
-def _check_same_lengths(table: pa.Table, path: str | Path, column: str) -> None:
-    want = pc.list_value_length(table.column("tokens"))
-    got = pc.list_value_length(table.column(column))
-    bad = pc.invert(pc.fill_null(pc.equal(want, got), False))
-    n_bad = pc.sum(bad).as_py() or 0
-    if n_bad:
-        first = pc.index(bad, True).as_py()
-        raise DataError(
-            f"{path}: column '{column}' row {first} (id {table.column('id')[first].as_py()!r}) has "
-            f"{got[first].as_py()} entries for {want[first].as_py()} tokens ({n_bad} rows differ)"
-        )
-
-
-def _check_token_labeled(table: pa.Table, path: str | Path, label_names: list[str]) -> None:
-    _check_tokens(table, path)
-    if table.column("tags").null_count:
-        raise DataError(f"{path}: column 'tags' has {table.column('tags').null_count} null values")
-    _check_same_lengths(table, path, "tags")
-    flat = pc.list_flatten(table.column("tags"))
-    if flat.null_count:
-        raise DataError(f"{path}: column 'tags' has {flat.null_count} null tags")
-    if len(flat):
-        lo, hi = pc.min(flat).as_py(), pc.max(flat).as_py()
-        if lo < 0 or hi >= len(label_names):
-            bad = lo if lo < 0 else hi
-            raise DataError(f"{path}: column 'tags' has value {bad} outside 0..{len(label_names) - 1} ({label_names})")
-
-
-def token_labeled_table(
-    ids: list[str], tokens: list[list[str]], tags: list[list[int]], label_names: list[str], langs: list[str] | None = None
-) -> pa.Table:
-    """label_names are the tag names (e.g. O, B-PER, I-PER) in index order."""
-    schema = with_metadata(_with_lang(TOKEN_LABELED_SCHEMA, langs), "labeled-tokens", {"label_names": list(label_names)})
-    cols: dict[str, object] = {"id": ids, "tokens": tokens, "tags": tags}
-    if langs is not None:
-        cols["lang"] = langs
-    table = pa.table(cols, schema=schema)
-    _check_token_labeled(table, "<new table>", list(label_names))
-    return table
-
-
-def token_transfer_table(
-    ids: list[str], tokens: list[list[str]], langs: list[str] | None = None, meta: dict[str, object] | None = None
-) -> pa.Table:
-    schema = with_metadata(_with_lang(TOKEN_TRANSFER_SCHEMA, langs), "transfer-tokens", {"rows": len(ids), **(meta or {})})
-    cols: dict[str, object] = {"id": ids, "tokens": tokens}
-    if langs is not None:
-        cols["lang"] = langs
-    table = pa.table(cols, schema=schema)
-    _check_tokens(table, "<new table>")
-    return table
-
-
-def ragged_array(rows: list[np.ndarray], value_type: pa.DataType, width: int | None = None) -> pa.Array:
-    """Per-row arrays (n_i,) or (n_i, width) -> list<value_type> or list<fixed_size_list<value_type>[width]>."""
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    np_type = value_type.to_pandas_dtype()
-    if width is None:
-        flat = np.concatenate(rows).astype(np_type) if rows else np.zeros(0, np_type)
-        return pa.ListArray.from_arrays(offsets, pa.array(flat, value_type))
-    flat = np.concatenate(rows).astype(np_type) if rows else np.zeros((0, width), np_type)
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), value_type), width)
-    return pa.ListArray.from_arrays(offsets, inner)
-
-
-def token_pseudo_table(
-    ids: list[str],
-    tokens: list[list[str]],
-    logits: list[np.ndarray],
-    reprs: list[np.ndarray] | None,
-    meta: dict[str, object],
-    langs: list[str] | None = None,
-) -> pa.Table:
-    """logits[i] (n_i, C) float32 per word, reprs[i] (n_i, H) stored as float16; teacher_tags = argmax.
-    tokens[i] must already be cut to the n_i words the teacher saw."""
-    c = int(logits[0].shape[1]) if logits else int(meta.get("num_labels", 1))  # type: ignore[arg-type]
-    h = None if reprs is None else (int(reprs[0].shape[1]) if reprs else int(meta.get("repr_dim", 1)))  # type: ignore[arg-type]
-    schema = with_metadata(token_pseudo_schema(c, h, langs is not None), "pseudo-tokens", meta)
-    cols: dict[str, object] = {
-        "id": pa.array(ids, pa.string()),
-        "tokens": pa.array(tokens, pa.list_(pa.string())),
-        "teacher_tags": ragged_array([np.asarray(x).argmax(axis=1) for x in logits], pa.int64()),
-        "teacher_logits": ragged_array([np.asarray(x, np.float32) for x in logits], pa.float32(), c),
-    }
-    if reprs is not None:
-        cols["teacher_repr"] = ragged_array([np.asarray(x, np.float16) for x in reprs], pa.float16(), h)
-    if langs is not None:
-        cols["lang"] = pa.array(langs, pa.string())
-    table = pa.table(cols, schema=schema)
-    _check_tokens(table, "<new table>")
-    _check_same_lengths(table, "<new table>", "teacher_logits")
-    return table
-
-
-@dataclass(frozen=True)
-class TokenLabeled:
-    table: pa.Table
-    label_names: list[str]
-
-    @property
-    def has_lang(self) -> bool:
-        return "lang" in self.table.column_names
-
-
-def _check_list_column(schema: pa.Schema, path: str | Path, name: str, want: pa.DataType) -> None:
-    if name not in schema.names:
-        raise DataError(f"{path}: column '{name}' missing (expected {want})")
-    got = schema.field(name).type
-    ok = got == want or (
-        pa.types.is_large_list(got) and got.value_type == want.value_type
-    ) or (
-        pa.types.is_list(got) and pa.types.is_large_string(got.value_type) and want.value_type == pa.string()
-    )
-    if not ok:
-        raise DataError(f"{path}: column '{name}' has type {got}, expected {want}")
-
-
-def _token_columns(schema: pa.Schema, path: str | Path, base: pa.Schema) -> list[str]:
-    if "id" not in schema.names:
-        raise DataError(f"{path}: column 'id' missing (expected string)")
-    for field in base:
-        if field.name != "id":
-            _check_list_column(schema, path, field.name, field.type)
-    names = list(base.names)
-    if "lang" in schema.names:
-        if not (pa.types.is_string(schema.field("lang").type) or pa.types.is_large_string(schema.field("lang").type)):
-            raise DataError(f"{path}: column 'lang' has type {schema.field('lang').type}, expected string")
-        names.append("lang")
-    return names
-
-
-def read_token_labeled(path: str | Path) -> TokenLabeled:
-    pf = _open(path)
-    schema = pf.schema_arrow
-    cols = _token_columns(schema, path, TOKEN_LABELED_SCHEMA)
-    names = _label_names(schema, path)
-    target = _with_lang(TOKEN_LABELED_SCHEMA, [] if "lang" in cols else None)
-    table = pf.read(columns=cols).cast(with_metadata(target, "labeled-tokens", {"label_names": names}))
-    _check_token_labeled(table, path, names)
-    return TokenLabeled(table, names)
-
-
-def read_token_transfer(path: str | Path) -> pa.Table:
-    pf = _open(path)
-    cols = _token_columns(pf.schema_arrow, path, TOKEN_TRANSFER_SCHEMA)
-    table = pf.read(columns=cols)
-    _check_tokens(table, path)
-    return table
-
-
-def token_transfer_rows(path: str | Path) -> int:
-    pf = _open(path)
-    _token_columns(pf.schema_arrow, path, TOKEN_TRANSFER_SCHEMA)
-    return pf.metadata.num_rows
-
-
-def iter_token_transfer(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
-    """Stream rows [start, stop) of a token transfer table one row group at a time."""
-    pf = _open(path)
-    cols = _token_columns(pf.schema_arrow, path, TOKEN_TRANSFER_SCHEMA)
-    yield from _row_groups(pf, path, cols, start, stop, _check_tokens)
-
-
-def check_token_pseudo_schema(schema: pa.Schema, path: str | Path) -> dict[str, object]:
-    """Validate a pseudo-tokens schema; returns its metadata with num_labels and repr_dim added."""
-    for name in ("id", "tokens", "teacher_tags", "teacher_logits"):
-        if name not in schema.names:
-            raise DataError(f"{path}: column '{name}' missing (pseudo-labeled tokens contract)")
-
-    def inner(name: str, value_type: pa.DataType, what: str) -> int:
-        t = schema.field(name).type
-        if not (pa.types.is_list(t) and pa.types.is_fixed_size_list(t.value_type) and t.value_type.value_type == value_type):
-            raise DataError(f"{path}: column '{name}' has type {t}, expected list<fixed_size_list<{value_type}>[{what}]>")
-        return t.value_type.list_size
-
-    _check_list_column(schema, path, "teacher_tags", pa.list_(pa.int64()))
-    meta = read_metadata(schema)
-    meta["num_labels"] = inner("teacher_logits", pa.float32(), "C")
-    meta["repr_dim"] = inner("teacher_repr", pa.float16(), "H") if "teacher_repr" in schema.names else None
-    return meta
-
-
-def read_token_pseudo(path: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, object]]:
-    pf = _open(path)
-    meta = check_token_pseudo_schema(pf.schema_arrow, path)
-    if columns and "teacher_repr" in columns and meta["repr_dim"] is None:
-        raise DataError(f"{path}: column 'teacher_repr' missing (run pseudo-labelling with transfer.keep_repr=true)")
-    table = pf.read(columns=columns)
-    return table, meta
-
-
-def ragged_to_numpy(col: pa.ChunkedArray | pa.Array, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """list<T> or list<fixed_size_list<T>[D]> -> (values (total,) or (total, D), offsets (N+1,)).
-    Row i is values[offsets[i]:offsets[i+1]]; no Python loop."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-    values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    offsets = offsets - offsets[0]
-    if pa.types.is_fixed_size_list(values.type):
-        width = values.type.list_size
-        flat = values.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    else:
-        flat = values.to_numpy(zero_copy_only=False)
-    return flat.astype(dtype, copy=False), offsets

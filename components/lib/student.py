@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from components.lib.task import Task
+
 PAD, UNK = 0, 1  # student ids reserved for padding and unknown pieces
 
 
@@ -108,11 +110,11 @@ class StudentArch:
     dropout: float
     repr_dim: int  # the teacher's representation width (stage-1 target)
     num_labels: int
-    task: str = "sequence-classification"  # or "token-classification": one output per piece, no pooling
+    task: str = Task.sequence_classification.value  # token-classification: one output per piece, no pooling
 
     @property
     def per_token(self) -> bool:
-        return self.task == "token-classification"
+        return self.task == Task.token_classification.value
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,6 +222,3 @@ class LogitsOnly(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.student.logits(input_ids, attention_mask)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -18,13 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.lib.errors import UserError
-from components.lib.student import BiLSTMStudent, StudentArch, VocabMap, count_parameters
+from components.lib.student import BiLSTMStudent, StudentArch, VocabMap
+from components.lib.torch_utils import count_parameters, length_batches
 from components.lib.truncation import tokenize_truncated
 
 FORMAT = "distilflow-bilstm-student"
 __all__ = [
-    "LoadedStudent", "save_student", "load_student", "encode", "predict_logits", "count_parameters",
-    "tokenize_ids", "pad_batch", "length_batches", "word_ids", "predict_word_logits", "predict_tags",
+    "LoadedStudent", "save_student", "load_student", "encode", "predict_logits",
+    "tokenize_ids", "pad_batch", "word_ids", "predict_word_logits", "predict_tags",
 ]
 
 
@@ -103,12 +104,6 @@ def pad_batch(seqs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Indices sorted by length, cut into batches: little padding per batch."""
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def encode(
     student: LoadedStudent | tuple[Any, VocabMap], texts: Sequence[str], max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,11 +167,6 @@ def predict_word_logits(student: LoadedStudent, sentences: Sequence[Sequence[str
 
 def predict_tags(student: LoadedStudent, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[list[str]]:
     """Tag names for every word (words past max_length get the O tag)."""
-    from components.lib.tokens import fill_uncovered, outside_index
+    from components.lib.tokens import argmax_tags
 
-    outside = outside_index(student.label_names)
-    logits = predict_word_logits(student, sentences, batch_size)
-    return [
-        [student.label_names[t] for t in fill_uncovered(lg.argmax(-1) if len(lg) else np.zeros(0, np.int64), len(s), outside)]
-        for lg, s in zip(logits, sentences, strict=True)
-    ]
+    return argmax_tags(predict_word_logits(student, sentences, batch_size), sentences, student.label_names)

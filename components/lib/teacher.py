@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from components.lib.errors import UserError
+from components.lib.task import Task
+from components.lib.torch_utils import length_batches
 from components.lib.truncation import tokenize_truncated
 
 log = logging.getLogger(__name__)
@@ -30,10 +32,6 @@ def pick_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def tokenizer_dir(model_dir: str | Path) -> Path | str:
@@ -78,7 +76,7 @@ def _reinit_head(model: torch.nn.Module) -> None:
             model._init_weights(module)
 
 
-_HEADS = {"sequence-classification": "ForSequenceClassification", "token-classification": "ForTokenClassification"}
+_HEADS = {Task.sequence_classification: "ForSequenceClassification", Task.token_classification: "ForTokenClassification"}
 
 
 def _auto_class(task: str):
@@ -86,12 +84,12 @@ def _auto_class(task: str):
 
     if task not in _HEADS:
         raise UserError(f"task '{task}': expected one of {sorted(_HEADS)}")
-    return AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+    return AutoModelForTokenClassification if task == Task.token_classification else AutoModelForSequenceClassification
 
 
 def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_names: Sequence[str] | None = None,
-                 task: str = "sequence-classification"):
-    """(model, tokenizer) for sequence (or, with task="token-classification", token) classification, in eval mode.
+                 task: Task | str = Task.sequence_classification):
+    """(model, tokenizer) for sequence (or, with task=Task.token_classification, token) classification, in eval mode.
 
     label_names: set id2label/label2id and give a fresh head, unless the checkpoint already is a
     classifier over exactly these names (then its head is kept, e.g. to continue training).
@@ -126,7 +124,7 @@ def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_
     try:
         model = auto.from_pretrained(src, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as err:
-        what = "token classifier" if task == "token-classification" else "sequence classifier"
+        what = "token classifier" if task == Task.token_classification else "sequence classifier"
         raise UserError(f"{src}: cannot load a {what} ({str(err).splitlines()[0]})") from None
     if fresh_head:
         _reinit_head(model)
@@ -134,7 +132,7 @@ def load_teacher(path_or_name: str | Path, num_labels: int | None = None, label_
     return model, tokenizer
 
 
-def head_is_trained(path_or_name: str | Path, task: str = "sequence-classification") -> bool:
+def head_is_trained(path_or_name: str | Path, task: Task | str = Task.sequence_classification) -> bool:
     """True when the checkpoint holds classifier weights (config names a *ForSequenceClassification,
     or *ForTokenClassification for token classification)."""
     from transformers import AutoConfig
@@ -153,12 +151,6 @@ def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> tuple[lis
     enc = tokenize_truncated(tokenizer, texts, max_length, padding=False)
     ids = enc["input_ids"]
     return enc, np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-
-
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (stable sort: equal lengths keep order)."""
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

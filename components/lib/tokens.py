@@ -112,6 +112,20 @@ def fill_uncovered(word_pred: np.ndarray, n_words: int, outside: int) -> np.ndar
     return out
 
 
+def word_tags(word_pred: Sequence[np.ndarray], n_words: Sequence[int], label_names: Sequence[str]) -> list[list[str]]:
+    """Predicted tag ids of each sentence's covered prefix -> a tag name for every word of it
+    (cut-off words get the O tag)."""
+    outside = outside_index(label_names)
+    return [[label_names[k] for k in fill_uncovered(np.asarray(p, np.int64), n, outside)]
+            for p, n in zip(word_pred, n_words, strict=True)]
+
+
+def argmax_tags(word_logits: Sequence[np.ndarray], sentences: Sequence[Sequence[str]],
+                label_names: Sequence[str]) -> list[list[str]]:
+    """Per-word logits (n_covered, C) of each sentence -> a tag name for every word (word_tags)."""
+    return word_tags([lg.argmax(-1) for lg in word_logits], [len(s) for s in sentences], label_names)
+
+
 def outside_index(label_names: Sequence[str]) -> int:
     """Index of the O tag (0 when the tag set has none)."""
     for i, name in enumerate(label_names):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +223,17 @@ def _model_dir_inside(root: Path) -> Path:
         if (child.parent / "model.safetensors").exists() or (child.parent / "pytorch_model.bin").exists():
             return child.parent
     return root
+
+
+def pip_requirements(packages: Sequence[str]) -> list[str]:
+    """`pkg==version` pins of the installed packages a logged MLflow model needs (local version
+    tags such as +cpu dropped: indexes do not serve them); packages not installed are left out."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in packages:
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            pass
+    return reqs

@@ -1,4 +1,4 @@
-"""prepare-data: ingest a source, clean, de-duplicate, and make the low-resource split.
+"""prepare-data for sequence classification: ingest a source, clean, de-duplicate, and make the low-resource split.
 
     train     N labeled examples per class (data.labels_per_class), sampled with data.seed
     dev       data.dev_per_class labeled examples per class, also from the source's train split
@@ -10,11 +10,13 @@ transfer text is also in test (dropped and counted, or an error with on_overlap=
 <data_dir>/{train,dev,test,transfer}.parquet + data_card.json, written atomically.
 
     python -m components.prepare_data --config configs/imdb.yaml --set data.labels_per_class=50
+
+Cleaning, de-duplication, overlap removal and the split checks are lib/splits.py's (shared with
+token classification, prepare_data/tokens.py).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from dataclasses import dataclass
@@ -22,24 +24,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from components import prepare_tokens
 from components.lib import data, tracking
-from components.lib.cli import step_main
 from components.lib.config import DataConfig, PipelineConfig
 from components.lib.errors import DataError, UserError
 from components.lib.ingest import RawSource, open_source, unlabeled_split
+from components.lib.splits import (
+    HOLDOUT,
+    SAMPLE,
+    SHUFFLE,
+    check_texts,
+    clean_texts,
+    dedupe,
+    drop_overlap,
+    rng,
+    verify,
+)
 
 log = logging.getLogger("distilflow.prepare_data")
 
 SPLITS = ("train", "dev", "test", "transfer")
-HTML_TAG = r"</?[A-Za-z][^<>]*>"  # <br />, <i>, </p>; not "a < b > c"
-WHITESPACE = r"[\s\p{Z}]+"  # RE2: ASCII space classes + Unicode separators (nbsp from &nbsp;)
-# Independent random streams per purpose, so e.g. changing labels_per_class keeps the test hold-out.
-HOLDOUT, SAMPLE, SHUFFLE = 1, 2, 3
 
 
 class PrepareResult(BaseModel):
@@ -117,21 +122,6 @@ def _ids(raw: pd.DataFrame, role: str, prefix: bool, label_names: pd.Series | No
     return pre + pd.Series(np.arange(len(raw)), index=raw.index).astype(str), "row"
 
 
-def check_texts(raw: pd.DataFrame, where: str, column: str, key: str) -> pd.Series:
-    if column not in raw.columns:
-        raise DataError(f"{where}: column '{column}' missing (set {key}; columns: {list(map(str, raw.columns))})")
-    texts = raw[column]
-    if texts.isna().any():
-        raise DataError(f"{where}: column '{column}' has {int(texts.isna().sum())} null values (first at row {int(np.flatnonzero(texts.isna())[0])})")
-    kind = pd.api.types.infer_dtype(texts, skipna=True)
-    if len(texts) and kind != "string":
-        raise DataError(f"{where}: column '{column}' holds {kind} values, expected text")
-    empty = texts.str.strip() == ""
-    if empty.any():
-        raise DataError(f"{where}: column '{column}' has {int(empty.sum())} empty values (first at row {int(np.flatnonzero(empty)[0])})")
-    return texts
-
-
 def labeled_frame(raw: pd.DataFrame, where: str, role: str, prefix: bool, dc: DataConfig, labels: LabelSpace) -> tuple[pd.DataFrame, str]:
     texts = check_texts(raw, where, dc.text_column, "data.text_column")
     if dc.label_column not in raw.columns:
@@ -149,21 +139,6 @@ def unlabeled_frame(raw: pd.DataFrame, where: str, dc: DataConfig) -> tuple[pd.D
 
 # ---------------------------------------------------------------- cleaning and de-duplication
 
-def clean_texts(texts: pd.Series, clean_html: bool, normalize_whitespace: bool) -> pd.Series:
-    """HTML tags -> space, entities unescaped, whitespace runs -> one space; vectorised in Arrow."""
-    arr = pa.array(texts.to_numpy(), pa.string())
-    if clean_html:
-        arr = pc.replace_substring_regex(arr, HTML_TAG, " ")
-        has_entity = pc.match_substring_regex(arr, r"&(#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);").to_numpy(zero_copy_only=False)
-        if has_entity.any():  # only the few rows with an entity go through Python
-            out = np.asarray(arr.to_pylist(), dtype=object)
-            out[has_entity] = [html.unescape(t) for t in out[has_entity]]
-            arr = pa.array(out, pa.string())
-    if normalize_whitespace:
-        arr = pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, WHITESPACE, " "))
-    return pd.Series(arr.to_numpy(zero_copy_only=False), index=texts.index, dtype=object)
-
-
 def clean(frame: pd.DataFrame, dc: DataConfig) -> tuple[pd.DataFrame, int]:
     """Cleaned copy; rows left empty by cleaning (a text that was only tags) are dropped and counted."""
     frame = frame.assign(text=clean_texts(frame["text"], dc.clean_html, dc.normalize_whitespace))
@@ -171,37 +146,15 @@ def clean(frame: pd.DataFrame, dc: DataConfig) -> tuple[pd.DataFrame, int]:
     return frame[~empty], int(empty.sum())
 
 
-def dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Keep the first of each exact text; returns (frame, removed, texts with conflicting labels)."""
-    dup = frame["text"].duplicated(keep="first")
-    conflicts = 0
-    if dup.any() and (frame["label"] >= 0).any():
-        conflicts = int((frame[frame["text"].isin(frame.loc[dup, "text"])].groupby("text")["label"].nunique() > 1).sum())
-    return frame[~dup], int(dup.sum()), conflicts
-
-
-def drop_overlap(frame: pd.DataFrame, test: pd.DataFrame, what: str, dc: DataConfig) -> tuple[pd.DataFrame, int]:
-    inside = frame["text"].isin(test["text"])
-    n = int(inside.sum())
-    if n and dc.on_overlap == "fail":
-        example = frame.loc[inside, "id"].iloc[0]
-        raise DataError(f"{n} {what} texts are also in the test split (e.g. {example}); set data.on_overlap=drop to drop them")
-    return frame[~inside], n
-
-
 # ---------------------------------------------------------------- sampling
-
-def _rng(seed: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([seed, purpose])
-
 
 def hold_out_test(train: pd.DataFrame, dc: DataConfig, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A stratified, seeded test share of train (for sources without a test split)."""
-    rng = _rng(dc.seed, HOLDOUT)
+    gen = rng(dc.seed, HOLDOUT)
     test_rows = []
     for k in range(len(names)):
         idx = np.flatnonzero(train["label"].to_numpy() == k)
-        test_rows.append(rng.permutation(idx)[: int(round(dc.test_fraction * len(idx)))])
+        test_rows.append(gen.permutation(idx)[: int(round(dc.test_fraction * len(idx)))])
     is_test = np.zeros(len(train), dtype=bool)
     is_test[np.concatenate(test_rows)] = True
     return train[~is_test], train[is_test]
@@ -210,7 +163,7 @@ def hold_out_test(train: pd.DataFrame, dc: DataConfig, names: list[str]) -> tupl
 def low_resource_split(train: pd.DataFrame, dc: DataConfig, names: list[str], where: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per class: dev first, then N train, the rest to transfer. Dev stays fixed and train sets
     are nested as N grows (same seed), which keeps a sweep over N comparable."""
-    rng = _rng(dc.seed, SAMPLE)
+    gen = rng(dc.seed, SAMPLE)
     n, d = dc.labels_per_class, dc.dev_per_class
     labels = train["label"].to_numpy()
     parts: dict[str, list[np.ndarray]] = {"train": [], "dev": [], "rest": []}
@@ -221,7 +174,7 @@ def low_resource_split(train: pd.DataFrame, dc: DataConfig, names: list[str], wh
             raise DataError(
                 f"{where}: class '{name}' has {len(idx)} examples after cleaning and de-duplication, "
                 f"fewer than data.labels_per_class + data.dev_per_class = {need}")
-        perm = rng.permutation(idx)
+        perm = gen.permutation(idx)
         stop = len(perm) if n is None else d + n
         parts["dev"].append(perm[:d])
         parts["train"].append(perm[d:stop])
@@ -271,24 +224,24 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     removed: dict[str, dict[str, int]] = {"emptied_by_cleaning": {}, "duplicates": {}, "overlap_with_test": {}}
     conflicts = {}
     train, removed["emptied_by_cleaning"]["train"] = clean(train, dc)
-    train, removed["duplicates"]["train"], conflicts["train"] = dedupe(train)
+    train, removed["duplicates"]["train"], conflicts["train"] = dedupe(train, "text", "label")
     if test is None:
         train, test = hold_out_test(train, dc, labels.names)
         sources["test"] = {"held_out_from": "train", "fraction": dc.test_fraction, "seed": dc.seed}
     else:
         test, removed["emptied_by_cleaning"]["test"] = clean(test, dc)
-        test, removed["duplicates"]["test"], conflicts["test"] = dedupe(test)
-        train, removed["overlap_with_test"]["train"] = drop_overlap(train, test, "train", dc)
+        test, removed["duplicates"]["test"], conflicts["test"] = dedupe(test, "text", "label")
+        train, removed["overlap_with_test"]["train"] = drop_overlap(train, test, "text", "train", "texts", dc)
     if unlabeled is not None:
         unlabeled, removed["emptied_by_cleaning"]["unlabeled"] = clean(unlabeled, dc)
-        unlabeled, removed["duplicates"]["unlabeled"], _ = dedupe(unlabeled)
-        unlabeled, removed["overlap_with_test"]["unlabeled"] = drop_overlap(unlabeled, test, "unlabeled", dc)
+        unlabeled, removed["duplicates"]["unlabeled"], _ = dedupe(unlabeled, "text", None)
+        unlabeled, removed["overlap_with_test"]["unlabeled"] = drop_overlap(unlabeled, test, "text", "unlabeled", "texts", dc)
         in_train = unlabeled["text"].isin(train["text"])  # would repeat a train/dev text in transfer
         unlabeled, removed["duplicates"]["unlabeled_in_train"] = unlabeled[~in_train], int(in_train.sum())
 
     labeled, dev, rest = low_resource_split(train, dc, labels.names, train_where)
     pool = pd.concat([rest, unlabeled] if unlabeled is not None else [rest], ignore_index=True)
-    transfer = pool.iloc[_rng(dc.seed, SHUFFLE).permutation(len(pool))]
+    transfer = pool.iloc[rng(dc.seed, SHUFFLE).permutation(len(pool))]
     capped = 0
     if dc.max_transfer_rows is not None and len(transfer) > dc.max_transfer_rows:
         capped = len(transfer) - dc.max_transfer_rows
@@ -296,7 +249,7 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     if not len(transfer):
         raise DataError(f"{dc.source}: the transfer set is empty (lower data.labels_per_class or set data.unlabeled_source)")
     frames = {"train": labeled, "dev": dev, "test": test.sort_values("order", kind="stable"), "transfer": transfer}
-    checks = verify(frames)
+    checks = verify(frames, "text")
     card = {
         "label_names": labels.names,
         "label_origin": labels.origin,
@@ -315,21 +268,6 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     return frames, labels.names, card
 
 
-def verify(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
-    """The guarantees the split makes, re-checked on the final tables (a failure is a bug here)."""
-    test = set(frames["test"]["text"])
-    seen = set(frames["train"]["text"]) | set(frames["dev"]["text"])
-    checks = {
-        "train_dev_in_test": len(seen & test),
-        "transfer_in_test": int(frames["transfer"]["text"].isin(test).sum()),
-        "transfer_in_train_dev": int(frames["transfer"]["text"].isin(seen).sum()),
-        "duplicate_ids": int(pd.concat([f["id"] for f in frames.values()]).duplicated().sum()),
-    }
-    if any(checks.values()):
-        raise AssertionError(f"prepare-data produced overlapping splits: {checks}")
-    return checks
-
-
 def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: dict, dc: DataConfig) -> None:
     """All four tables and the card into `out` (the caller's temp dir)."""
     for split in ("train", "dev", "test"):
@@ -343,9 +281,7 @@ def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: di
     data.write_json(out / "data_card.json", card)
 
 
-def run(cfg: PipelineConfig) -> PrepareResult | prepare_tokens.PrepareTokensResult:
-    if cfg.is_token_task:
-        return prepare_tokens.run(cfg)
+def run(cfg: PipelineConfig) -> PrepareResult:
     t0 = time.perf_counter()
     dc = cfg.data
     with tracking.step_run(cfg, "prepare-data") as tr:
@@ -366,10 +302,3 @@ def run(cfg: PipelineConfig) -> PrepareResult | prepare_tokens.PrepareTokensResu
         return PrepareResult(data_dir=str(cfg.data_dir), label_names=names, rows=rows, duplicates_removed=dups,
                              overlap_removed=overlap, seconds=round(seconds, 3), run_id=tr.run_id)
 
-
-def main(argv=None):
-    return step_main(run, "Ingest a text-classification source and make the low-resource train/dev/test/transfer split.", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

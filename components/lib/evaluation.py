@@ -1,0 +1,75 @@
+"""What both evaluate paths share: which students to evaluate, which one is the headline, the
+timing protocol (items/s at evaluate.batch_size, batch-1 latency) and the report.json body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.lib import report
+from components.lib.config import PipelineConfig, StudentMode
+from components.lib.errors import UserError
+
+
+def find_students(cfg: PipelineConfig, student_dirs: dict[str, Path] | None) -> dict[str, Path]:
+    """mode -> dir: the explicit mapping (kfp passes artifact paths), else every trained mode's dir."""
+    if student_dirs is not None:
+        dirs = {StudentMode(m).value: Path(p) for m, p in student_dirs.items()}
+        missing = [f"{m}: {p}" for m, p in dirs.items() if not (p / "config.json").exists()]
+        if missing:
+            raise UserError(f"student dir without config.json ({'; '.join(missing)})")
+    else:
+        dirs = {m.value: cfg.student_dir(m) for m in cfg.student_modes if (cfg.student_dir(m) / "config.json").exists()}
+    if not dirs:
+        expected = ", ".join(str(cfg.student_dir(m)) for m in cfg.student_modes)
+        raise UserError(f"no trained student found (looked in {expected}); run distill-student first")
+    return dirs
+
+
+def chosen_mode(cfg: PipelineConfig, modes: list[str]) -> str:
+    """The configured mode when it was evaluated, else the first distilled (non-baseline) one."""
+    if cfg.student.mode.value in modes:
+        return cfg.student.mode.value
+    distilled = [m for m in modes if m != StudentMode.labels_only.value]
+    return (distilled or modes)[0]
+
+
+def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str, float]]:
+    """(items/s at evaluate.batch_size over throughput_rows items, batch-1 latency p50/p95/mean ms)."""
+    bs = cfg.evaluate.batch_size
+    return report.throughput(predict, report.repeat_to(texts, cfg.evaluate.throughput_rows), bs), \
+        report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
+
+
+def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
+                 test_rows: int, card: dict | None, metric: str = "accuracy") -> dict:
+    """The report.json body; `metric` (accuracy, or entity f1 for token classification) is the
+    headline score that retention and the export gate use."""
+    mode = chosen_mode(cfg, list(students))
+    student = students[mode]
+    rep = {
+        "metric": metric,
+        "teacher": teacher,
+        "student": student,
+        "students": students,
+        "retention": student[metric] / teacher[metric] if teacher[metric] else 0.0,
+        "params": {"teacher": teacher["params"], "student": student["params"]},
+        "compression": teacher["params"] / student["params"],
+        "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],
+                       "student_onnx": student["throughput_onnx"]},
+        "speedup": student["throughput"] / teacher["throughput"],
+        "speedup_onnx": student["throughput_onnx"] / teacher["throughput"],
+        "latency_ms": {"teacher": teacher["latency_ms"], "student": student["latency_ms"],
+                       "student_onnx": student["latency_ms_onnx"]},
+        "label_names": label_names,
+        "test_rows": test_rows,
+        "batch_size": cfg.evaluate.batch_size,
+        "throughput_rows": cfg.evaluate.throughput_rows,
+        "latency_runs": cfg.evaluate.latency_runs,
+        "data_card": card,
+        "environment": report.environment(),
+    }
+    baseline = StudentMode.labels_only.value
+    if mode != baseline and baseline in students:
+        rep["baseline"] = students[baseline]
+    return rep

@@ -1,0 +1,192 @@
+"""report.md of the evaluate step: the classification and the token-classification reports.
+
+Pure formatting of the report.json body (lib/evaluation.build_report); no metrics computed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _millions(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.2f}M"
+
+
+def _mb(n: int | None) -> str:
+    return "–" if n is None else f"{n / 2**20:.1f} MB"
+
+
+def _latency(lat: dict[str, float] | None) -> str:
+    return "–" if not lat else f"{lat['p50']:.2f} / {lat['p95']:.2f}"
+
+
+def _card_line(card: dict[str, Any]) -> list[str]:
+    conf = card.get("config") or {}
+    rows = card.get("rows") or {}
+    budget = conf.get("labels_per_class")
+    return [
+        f"- Data: `{conf.get('source', 'unknown')}`; classes: {', '.join(card.get('label_names') or [])}",
+        f"- Label budget: {'all' if budget is None and conf else _fmt(budget)} labeled examples per class "
+        f"({_fmt(rows.get('train'))} train, {_fmt(rows.get('dev'))} dev); transfer set: "
+        f"{_fmt(rows.get('transfer'))} unlabeled texts",
+    ]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report: what was distilled, how well, how small, how fast."""
+    env = report["environment"]
+    teacher, student = report["teacher"], report["student"]
+    lines = [
+        "# Distillation report",
+        "",
+        "## What was distilled",
+        "",
+        f"- Teacher: `{teacher['model']}` ({_millions(teacher['params'])} parameters, {teacher['max_length']} tokens)",
+        *_card_line(report.get("data_card") or {"label_names": report["label_names"]}),
+        f"- Test set: {report['test_rows']} examples (read only by this step)",
+        f"- Student: BiLSTM ({_millions(student['params'])} parameters, {student['max_length']} tokens), "
+        f"mode `{student['mode']}`",
+        "",
+        "## How well, how small, how fast",
+        "",
+        "| model | accuracy | macro-F1 | ECE | agrees w/ teacher | params | weights | ex/s torch | ex/s ONNX "
+        "| p50 / p95 ms torch | p50 / p95 ms ONNX |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = [("teacher", teacher)] + [(f"student `{mode}`", m) for mode, m in report["students"].items()]
+    for name, m in rows:
+        lines.append(
+            f"| {name} | {_fmt(m['accuracy'])} | {_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {_fmt(m.get('agreement'))} "
+            f"| {_millions(m['params'])} | {_mb(m.get('size_bytes'))} | {_fmt(m['throughput'], 1)} "
+            f"| {_fmt(m.get('throughput_onnx'), 1)} | {_latency(m.get('latency_ms'))} | {_latency(m.get('latency_ms_onnx'))} |"
+        )
+    lines += [
+        "",
+        f"- **Retention** (student / teacher accuracy): {_fmt(report['retention'])}",
+        f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
+        f"- **Speed-up** (student / teacher examples/s at batch {report['batch_size']}): torch "
+        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
+    ]
+    if "baseline" in report:
+        gain = student["accuracy"] - report["baseline"]["accuracy"]
+        lines.append(f"- Labels-only baseline (same student, no teacher): accuracy {_fmt(report['baseline']['accuracy'])}; "
+                     f"distillation gain {gain:+.3f}")
+    lines += ["", f"## Per-class scores (student `{student['mode']}`)", "",
+              "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for cls, m in student["per_class"].items():
+        lines.append(f"| {cls} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
+    lines += [
+        "",
+        "## Where it was measured",
+        "",
+        f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        f"Throughput is raw text in, logits out (tokenisation included) over {report['throughput_rows']} test texts "
+        f"at batch {report['batch_size']}; latency is {report['latency_runs']} single-text calls.",
+        "",
+        "![confusion matrix](confusion_student.png)",
+        "",
+        "![accuracy vs speed](accuracy_vs_speed.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Markdown, token classification
+
+def _ner_card_lines(card: dict[str, Any] | None, label_names: Sequence[str]) -> list[str]:
+    card = card or {}
+    conf = card.get("config") or {}
+    rows = card.get("rows") or {}
+    return [
+        f"- Data: `{conf.get('source', 'unknown')}`; tags: {', '.join(card.get('label_names') or label_names)}",
+        f"- Labeled sentences: {_fmt(rows.get('train'))} train, {_fmt(rows.get('dev'))} dev; transfer set: "
+        f"{_fmt(rows.get('transfer'))} unlabeled sentences",
+    ]
+
+
+def render_ner_markdown(report: dict[str, Any]) -> str:
+    """The token-classification report: entity F1 (overall, per type, per language), size, speed."""
+    env = report["environment"]
+    teacher, student = report["teacher"], report["student"]
+    models = [("teacher", teacher)] + [(f"student `{mode}`", m) for mode, m in report["students"].items()]
+    lines = [
+        "# Distillation report (token classification)",
+        "",
+        "## What was distilled",
+        "",
+        f"- Teacher: `{teacher['model']}` ({_millions(teacher['params'])} parameters, {teacher['max_length']} pieces)",
+        *_ner_card_lines(report.get("data_card"), report["label_names"]),
+        f"- Test set: {report['test_rows']} sentences, {report.get('test_words', '–')} words (read only by this step)",
+        f"- Student: BiLSTM tagger ({_millions(student['params'])} parameters, {student['max_length']} pieces), "
+        f"mode `{student['mode']}`",
+        "",
+        "## How well, how small, how fast",
+        "",
+        "Entity scores are exact-span matches (seqeval, CoNLL style), micro-averaged over entities; "
+        "words past a model's max_length count as O.",
+        "",
+        "| model | entity F1 | precision | recall | macro-F1 | tag accuracy | tags agree w/ teacher | params | weights "
+        "| sent/s torch | sent/s ONNX | p50 / p95 ms torch | p50 / p95 ms ONNX |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in models:
+        lines.append(
+            f"| {name} | {_fmt(m['f1'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['macro_f1'])} "
+            f"| {_fmt(m['token_accuracy'])} | {_fmt(m.get('agreement'))} | {_millions(m['params'])} | {_mb(m.get('size_bytes'))} "
+            f"| {_fmt(m['throughput'], 1)} | {_fmt(m.get('throughput_onnx'), 1)} | {_latency(m.get('latency_ms'))} "
+            f"| {_latency(m.get('latency_ms_onnx'))} |"
+        )
+    lines += [
+        "",
+        f"- **Retention** (student / teacher entity F1): {_fmt(report['retention'])}",
+        f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
+        f"- **Speed-up** (student / teacher sentences/s at batch {report['batch_size']}): torch "
+        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
+    ]
+    if "baseline" in report:
+        gain = student["f1"] - report["baseline"]["f1"]
+        lines.append(f"- Labels-only baseline (same student, no teacher): entity F1 {_fmt(report['baseline']['f1'])}; "
+                     f"distillation gain {gain:+.3f}")
+    types = sorted({t for _, m in models for t in m["per_type"]})
+    lines += ["", "## Entity F1 per type", "",
+              "| type | support | " + " | ".join(name for name, _ in models) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in models) + " |"]
+    for typ in types:
+        support = teacher["per_type"].get(typ, {}).get("support", student["per_type"].get(typ, {}).get("support"))
+        cells = [_fmt(m["per_type"][typ]["f1"]) if typ in m["per_type"] else "–" for _, m in models]
+        lines.append(f"| {typ} | {_fmt(support)} | " + " | ".join(cells) + " |")
+    if "per_language" in teacher:
+        langs = sorted(teacher["per_language"])
+        lines += ["", "## Entity F1 per language", "",
+                  "| language | sentences | entities | " + " | ".join(name for name, _ in models) + " |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in models) + " |"]
+        for lang in langs:
+            t = teacher["per_language"][lang]
+            cells = [_fmt(m.get("per_language", {}).get(lang, {}).get("f1")) for _, m in models]
+            lines.append(f"| {lang} | {t['sentences']} | {t['entities_gold']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Where it was measured",
+        "",
+        f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        f"Throughput is pre-split sentences in, per-word logits out (word-piece tokenisation and alignment included) "
+        f"over {report['throughput_rows']} test sentences at batch {report['batch_size']}; latency is "
+        f"{report['latency_runs']} single-sentence calls.",
+        "",
+        "![entity F1 vs speed](f1_vs_speed.png)",
+        "",
+        "![entity F1 per type](f1_per_type.png)",
+        "",
+    ]
+    return "\n".join(lines)
