@@ -326,3 +326,34 @@ def ner_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineCon
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return PipelineConfig.model_validate(raw)
+
+
+# ---------------------------------------------------------------- multilingual NER files
+
+def write_conllu(path: Path, sentences: list[list[str]], tags: list[list[int]], names: list[str],
+                 prefix: str = "s") -> Path:
+    """Universal NER's layout: `# sent_id` / `# text` comments, then `index<TAB>word<TAB>tag<TAB>-<TAB>-`
+    lines (word in field 1, tag in field 2), a blank line after each sentence."""
+    lines: list[str] = []
+    for n, (words, ids) in enumerate(zip(sentences, tags, strict=True)):
+        lines += [f"# sent_id = {prefix}-{n}", f"# text = {' '.join(words)}"]
+        lines += [f"{i}\t{w}\t{names[t]}\t-\t-" for i, (w, t) in enumerate(zip(words, ids, strict=True), 1)] + [""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_uner_like(root: Path, langs: tuple[str, ...] = ("aa", "bb", "cc"), train: int = 60, test: int = 20) -> Path:
+    """<root>/<lang>/{train,test}.iob2 for a few synthetic 'languages' (each its own sentences:
+    the language code is prefixed to every filler word, so languages never share a sentence)."""
+    for k, lang in enumerate(langs):
+        sents, tags, names = make_ner_sentences(train + test, seed=100 + k)
+        sents = [[w if i % 2 else f"{lang}{w}" for i, w in enumerate(s)] for s in sents]
+        write_conllu(root / lang / "train.iob2", sents[:train], tags[:train], names, f"{lang}-train")
+        write_conllu(root / lang / "test.iob2", sents[train:], tags[train:], names, f"{lang}-test")
+    return root
+
+
+def language_sources(root: Path, langs: tuple[str, ...] = ("aa", "bb", "cc")) -> list[dict]:
+    return [{"lang": lang, "source": str(root / lang / "train.iob2"), "test_source": str(root / lang / "test.iob2")}
+            for lang in langs]

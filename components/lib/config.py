@@ -37,7 +37,17 @@ class StudentMode(str, Enum):
     soft_repr = "soft+repr"
 
 
+class LanguageSource(Strict):
+    """One language of a multilingual token-classification set (data.languages)."""
+
+    lang: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="language code written to the lang column (da, pt, zh, ...)")
+    source: str = Field(..., description="this language's labeled train source: CoNLL/IOB file, datasets name or dir, JSONL/Parquet")
+    test_source: str | None = Field(None, description="this language's official test file (else the source's test split)")
+    dataset_config: str | None = Field(None, description="Hugging Face configuration of this language (e.g. wikiann: de)")
+
+
 class DataConfig(Strict):
+    languages: list[LanguageSource] | None = Field(None, description="token classification: one labeled source per language, read into one set with a lang column; train_sentences/dev_sentences then apply per language and data.source is not read")
     source: str = Field("demo:bbc-news", description="demo:bbc-news, demo:wnut16, a datasets name or dir, or a CSV/JSONL/Parquet/CoNLL file")
     test_source: str | None = Field(None, description="file holding the official test split (else the source's 'test' split or a held-out one)")
     unlabeled_source: str | None = Field(None, description="extra unlabeled file or dataset appended to the transfer set (demo:healthtweets: 63k English tweets, for NER)")
@@ -53,6 +63,8 @@ class DataConfig(Strict):
     lang_column: str = Field("lang", description="token classification: optional language column, kept when present (per-language F1)")
     conll_token_field: int = Field(0, description="CoNLL files: whitespace-separated field holding the word")
     conll_tag_field: int = Field(-1, description="CoNLL files: field holding the tag (-1 = last)")
+    conll_comments: bool = Field(False, description="CoNLL files: skip lines starting with # (CoNLL-U comments such as # sent_id, # text)")
+    conll_delimiter: Literal["whitespace", "tab"] = Field("whitespace", description="CoNLL files: what separates fields (tab: a word may hold spaces, as in CoNLL-U)")
     pretokenizer: Literal["whitespace", "words"] = Field("words", description="token classification: how raw-text transfer rows are split into words (whitespace, or words = runs of letters/digits and single punctuation)")
     train_sentences: int | None = Field(200, ge=1, description="token classification: labeled train sentences kept (the low-resource budget); None keeps all")
     dev_sentences: int = Field(100, ge=1, description="token classification: labeled dev sentences, taken from train")
@@ -79,6 +91,8 @@ class TeacherConfig(Strict):
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay")
+    head_lr: float | None = Field(None, gt=0, le=1, description="peak learning rate of the freshly initialised classifier head (None: lr); a large encoder whose final states are alike needs a larger one")
+    freeze_embeddings: bool = Field(False, description="keep the word embedding matrix fixed (most of a multilingual encoder's parameters; about twice the training speed)")
     max_length: int = Field(128, ge=8, le=8192, description="tokens per example for training and scoring")
     patience: int = Field(3, ge=1, description="epochs without dev improvement before stopping")
     seed: int = Field(13, ge=0, description="training seed")
@@ -203,6 +217,17 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+
+    @model_validator(mode="after")
+    def _languages_need_tokens(self) -> PipelineConfig:
+        langs = self.data.languages
+        if langs is not None:
+            if self.task != Task.token_classification:
+                raise ValueError("data.languages needs task: token-classification")
+            codes = [ls.lang for ls in langs]
+            if not codes or len(set(codes)) != len(codes):
+                raise ValueError(f"data.languages: expected distinct language codes, got {codes}")
+        return self
 
     @property
     def is_token_task(self) -> bool:

@@ -49,9 +49,14 @@ def iter_conll(
     where: str | None = None,
     encoding: str = "utf-8",
     digest: hashlib._Hash | None = None,
+    comments: bool = False,
+    tabs: bool = False,
 ) -> Iterator[ConllSentence]:
     """Stream the sentences of a CoNLL file. `where` names the file in messages (default: path);
-    `digest` (a hashlib object) is fed the raw bytes, so a caller gets the file's hash in one pass."""
+    `digest` (a hashlib object) is fed the raw bytes, so a caller gets the file's hash in one pass.
+    comments: skip lines starting with # (CoNLL-U's # sent_id / # text); off by default because in
+    plain CoNLL a word may start with # (a hashtag in WNUT-16). tabs: fields are separated by tabs
+    only, so a word may hold a space (CoNLL-U: Portuguese "34 470"); else by any whitespace."""
     where = where or str(path)
     need = _min_fields(token_field, tag_field)
     words: list[str] = []
@@ -71,7 +76,9 @@ def iter_conll(
                 line = raw.decode("utf-8-sig" if lineno == 1 and encoding.lower().replace("_", "-") == "utf-8" else encoding)
             except UnicodeDecodeError as err:
                 raise DataError(f"{where}:{lineno}: not valid {encoding} ({err.reason} at byte {err.start} of the line)") from None
-            fields = line.split()
+            if comments and line.startswith("#"):
+                continue
+            fields = line.rstrip("\r\n").split("\t") if tabs and line.strip() else line.split()
             if not fields or fields[0].upper() == DOCSTART:  # a sentence (or document) ends here
                 if words:
                     yield ConllSentence(words, tags if tag_field is not None else None, first)

@@ -28,6 +28,27 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def optimizer(model: torch.nn.Module, tc) -> torch.optim.AdamW:
+    """AdamW over the encoder at teacher.lr and the classifier head (every module outside the base
+    model) at teacher.head_lr; no weight decay on biases and LayerNorm weights, as the Trainer's
+    default; the word embeddings left out (and frozen) with teacher.freeze_embeddings. The Trainer
+    adds its linear warm-up/decay schedule over these groups."""
+    if tc.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    prefix = model.base_model_prefix + "."
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        head = not name.startswith(prefix)
+        decay = not (name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name)
+        groups.setdefault((head, decay), []).append(param)
+    return torch.optim.AdamW([
+        {"params": params, "lr": (tc.head_lr or tc.lr) if head else tc.lr, "weight_decay": tc.weight_decay if decay else 0.0}
+        for (head, decay), params in sorted(groups.items())
+    ], lr=tc.lr)
+
+
 def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compute_metrics, metrics: Sequence[str],
         ckpt_dir: Path, preprocess_logits=None):
     """Trainer fine-tuning shared by both tasks: dev evaluation every epoch, early stopping on
@@ -70,6 +91,8 @@ def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compu
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=tc.patience)],
+        # Trainer's own AdamW unless the head gets its own lr or the embeddings stay fixed
+        optimizers=(optimizer(model, tc), None) if tc.head_lr is not None or tc.freeze_embeddings else (None, None),
     )
     out = trainer.train()
     history: dict[int, dict[str, float]] = {}

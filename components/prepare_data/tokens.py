@@ -21,6 +21,7 @@ train, dev or transfer sentence is also in test. Output: <data_dir>/{train,dev,t
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,13 @@ from components.lib.config import DataConfig, PipelineConfig
 from components.lib.errors import DataError, UserError
 from components.lib.splits import HOLDOUT, SAMPLE, SHUFFLE, dedupe, drop_overlap, rng, verify
 from components.lib.task import Task
-from components.lib.token_ingest import RawSentences, load_labeled, load_unlabeled
+from components.lib.token_ingest import RawSentences, load_labeled, load_languages, load_unlabeled
 
 log = logging.getLogger("distilflow.prepare_data")
 
 SPLITS = ("train", "dev", "test", "transfer")
 PREFIX_ORDER = "BIESLU"  # B- before I- (then IOBES / BILOU ends) within an entity type
+IOB_TAG = re.compile(r"^(O|[BIESLU][-_]\S+)$")  # IOB1/IOB2, IOBES and BILOU tags
 
 
 class PrepareTokensResult(BaseModel):
@@ -115,6 +117,8 @@ def tag_space(dc: DataConfig, labeled: list[RawSentences]) -> TagSpace:
             for j, tag in enumerate(raw):
                 if not isinstance(tag, str):
                     raise DataError(f"{s.at(i, j)}: integer tag {tag!r} but the source has no tag names (set data.label_names)")
+                if not IOB_TAG.match(tag):
+                    raise DataError(f"{s.at(i, j)}: tag {tag!r} is outside the IOB scheme (O, or B-/I-/E-/S-/L-/U- and a type)")
             seen.update(raw)
     names = sorted(seen, key=tag_order)
     return TagSpace(names, {n: i for i, n in enumerate(names)}, f"the tags found in {labeled[0].where}")
@@ -149,15 +153,16 @@ def hold_out_test(train: pd.DataFrame, dc: DataConfig, where: str) -> tuple[pd.D
     return train[~is_test], train[is_test]
 
 
-def low_resource_split(train: pd.DataFrame, dc: DataConfig, where: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def low_resource_split(train: pd.DataFrame, dc: DataConfig, where: str,
+                       gen: np.random.Generator | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Dev first, then N train sentences, the rest to transfer: dev stays fixed and train sets are
-    nested as N grows (same seed)."""
+    nested as N grows (same seed). `gen`: the sampling stream (one per language)."""
     n, d = dc.train_sentences, dc.dev_sentences
     need = d + (n if n is not None else 1)
     if len(train) < need:
         raise UserError(f"{where}: {len(train)} sentences left after de-duplication and taking out the test sentences, fewer than "
                         f"data.train_sentences + data.dev_sentences = {need} (lower them)")
-    perm = rng(dc.seed, SAMPLE).permutation(len(train))
+    perm = (gen or rng(dc.seed, SAMPLE)).permutation(len(train))
     stop = len(perm) if n is None else d + n
     return (train.iloc[np.sort(perm[d:stop])], train.iloc[np.sort(perm[:d])], train.iloc[np.sort(perm[stop:])])
 
@@ -181,20 +186,50 @@ def _has_lang(frame: pd.DataFrame) -> bool:
     return len(frame) > 0 and bool(frame["lang"].notna().all())
 
 
+def frames_of(raws: list[RawSentences], space: TagSpace) -> pd.DataFrame:
+    """One frame over several sources (one per language), `order` counting across all of them."""
+    frame = pd.concat([frame_of(r, space.encode(r)) for r in raws], ignore_index=True)
+    return frame.assign(order=np.arange(len(frame)))
+
+
+def read_labeled(dc: DataConfig) -> tuple[list[RawSentences], list[RawSentences], dict]:
+    """Train and test sentences, one RawSentences per language (data.languages) or one in all,
+    and their provenance for the card."""
+    if dc.languages:
+        per_lang = load_languages(dc)
+        return ([t for _, t, _ in per_lang], [t for _, _, t in per_lang],
+                {"train": {lang: t.provenance for lang, t, _ in per_lang}, "test": {lang: t.provenance for lang, _, t in per_lang}})
+    raw_train, raw_test = load_labeled(dc)
+    sources = {"train": raw_train.provenance}
+    if raw_test is None:
+        return [raw_train], [], sources
+    return [raw_train], [raw_test], {**sources, "test": raw_test.provenance}
+
+
+def split(train: pd.DataFrame, dc: DataConfig, where: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The low-resource split: over all sentences, or per language with data.languages (each
+    language its own N train and M dev sentences and its own sampling stream)."""
+    if not dc.languages:
+        return low_resource_split(train, dc, where)
+    parts = [low_resource_split(train[train["lang"] == ls.lang], dc, f"{where} (language '{ls.lang}')", rng(dc.seed, SAMPLE, k))
+             for k, ls in enumerate(dc.languages)]
+    return tuple(pd.concat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
 def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     """Read, check, dedupe and split. Returns the four frames, tag names and the data-card facts."""
-    raw_train, raw_test = load_labeled(dc)
-    space = tag_space(dc, [raw_train] + ([raw_test] if raw_test else []))
-    sources = {"train": raw_train.provenance}
+    raw_trains, raw_tests, sources = read_labeled(dc)
+    space = tag_space(dc, raw_trains + raw_tests)
+    where = ", ".join(r.where for r in raw_trains)
     removed: dict[str, dict[str, int]] = {"duplicates": {}, "overlap_with_test": {}}
     conflicts: dict[str, int] = {}
-    train, removed["duplicates"]["train"], conflicts["train"] = dedupe(frame_of(raw_train, space.encode(raw_train)), "key", "tags")
-    if raw_test is None:
-        train, test = hold_out_test(train, dc, raw_train.where)
+    train, removed["duplicates"]["train"], conflicts["train"] = dedupe(frames_of(raw_trains, space), "key", "tags")
+    if not raw_tests:
+        train, test = hold_out_test(train, dc, where)
         sources["test"] = {"held_out_from": "train", "fraction": dc.test_fraction, "seed": dc.seed}
     else:
-        sources["test"] = raw_test.provenance
-        test, removed["duplicates"]["test"], conflicts["test"] = dedupe(frame_of(raw_test, space.encode(raw_test)), "key", "tags")
+        test, removed["duplicates"]["test"], conflicts["test"] = dedupe(frames_of(raw_tests, space), "key", "tags")
+        # across languages too: no train (or, below, transfer) sentence equals a test sentence of any language
         train, removed["overlap_with_test"]["train"] = drop_overlap(train, test, "key", "train", "sentences", dc)
 
     unlabeled = None
@@ -206,7 +241,7 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
         in_train = unlabeled["key"].isin(train["key"])  # would repeat a train/dev sentence in transfer
         unlabeled, removed["duplicates"]["unlabeled_in_train"] = unlabeled[~in_train], int(in_train.sum())
 
-    labeled, dev, rest = low_resource_split(train, dc, raw_train.where)
+    labeled, dev, rest = split(train, dc, where)
     rest = rest.assign(tags=None)
     # The cap keeps the in-domain rest of train first and fills up with (a seeded sample of) the
     # unlabeled source, so a large generic pool never crowds out the source's own sentences.
@@ -222,7 +257,7 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     pool = pd.concat([rest, unlabeled] if unlabeled is not None else [rest], ignore_index=True)
     transfer = pool.iloc[rng(dc.seed, SHUFFLE).permutation(len(pool))]
     if not len(transfer):
-        raise DataError(f"{dc.source}: the transfer set is empty (lower data.train_sentences or set data.unlabeled_source)")
+        raise DataError(f"{where}: the transfer set is empty (lower data.train_sentences or set data.unlabeled_source)")
     frames = {"train": labeled, "dev": dev, "test": test.sort_values("order", kind="stable"), "transfer": transfer}
     if _has_lang(labeled) and not _has_lang(transfer):
         log.warning("%s has no '%s' column: the transfer set is written without languages", dc.unlabeled_source, dc.lang_column)
@@ -255,6 +290,8 @@ def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: di
         langs = f["lang"].tolist() if _has_lang(f) else None
         if split == "transfer":
             meta = {"source": dc.source, "unlabeled_source": dc.unlabeled_source, "seed": dc.seed}
+            if dc.languages:  # data.source is not read then: name the languages' sources instead
+                meta["source"] = {ls.lang: ls.source for ls in dc.languages}
             table = token_data.token_transfer_table(f["id"].tolist(), f["tokens"].tolist(), langs, meta)
         else:
             table = token_data.token_labeled_table(f["id"].tolist(), f["tokens"].tolist(), f["tags"].tolist(), names, langs)
