@@ -1,5 +1,6 @@
 """evaluate for token classification: entity F1 equal to ner_metrics on the same predictions, the
-report's keys, per-language tables, plots, MLflow logging, and bad inputs."""
+report's keys, per-language scores (macro over languages, retention, student OOV), tables, plots,
+MLflow logging, and bad inputs."""
 
 from __future__ import annotations
 
@@ -24,6 +25,24 @@ def test_tag_agreement_and_classification_report_metric():
              "mode": "soft"}
     rep = build_report(_cls_cfg(), {**model, "accuracy": 1.0}, {"soft": model}, ["a", "b"], 4, None)
     assert rep["metric"] == "accuracy" and rep["retention"] == pytest.approx(0.8)
+
+
+def test_languages_summary_by_hand():
+    from components.evaluate.tokens import languages_summary
+
+    def model(mode, **f1):
+        return {"mode": mode, "per_language": {lang: {"f1": v} for lang, v in f1.items()}}
+
+    teacher, baseline = model(None, da=0.8, hr=0.0), model("labels-only", da=0.4, hr=0.1)
+    student = {**model("soft+repr", da=0.6, hr=0.3), "oov_rate_per_language": {"da": 0.1, "hr": 0.2}}
+    s = languages_summary(teacher, student, baseline)
+    # da 0.6 / 0.8 = 0.75; hr: the teacher scores 0, so retention 0 (not inf) -> mean 0.375, min 0 (hr)
+    assert s["per_language"]["da"] == pytest.approx({"teacher_f1": 0.8, "baseline_f1": 0.4, "student_f1": 0.6,
+                                                     "retention": 0.75, "student_oov_rate": 0.1})
+    assert s["per_language"]["hr"]["retention"] == 0.0
+    assert (s["retention_mean"], s["retention_min"], s["retention_min_language"]) == pytest.approx((0.375, 0.0, "hr"))
+    assert s["student"] == "soft+repr"
+    assert "baseline_f1" not in languages_summary(teacher, student, None)["per_language"]["da"]
 
 
 def _cls_cfg():
@@ -70,6 +89,35 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
         for k in ("f1", "precision", "recall", "macro_f1", "token_accuracy", "per_type"):
             assert got[k] == want[k], k  # exact: JSON round-trips floats
         assert got["per_language"] == ner_metrics.by_language(gold, pred, langs)
+    # every model's language macro scores are the plain mean of its two languages' scores
+    for m in (rep["teacher"], rep["student"], rep["baseline"]):
+        for k in ("precision", "recall", "f1"):
+            by_lang = m["per_language"]
+            assert m[f"language_macro_{k}"] == pytest.approx((by_lang["en"][k] + by_lang["xx"][k]) / 2), k
+    summary = rep["languages_summary"]
+    assert summary["student"] == "soft+repr" and set(summary["per_language"]) == {"en", "xx"}
+    for lang, row in summary["per_language"].items():
+        assert row["teacher_f1"] == rep["teacher"]["per_language"][lang]["f1"]
+        assert row["baseline_f1"] == rep["baseline"]["per_language"][lang]["f1"]
+        assert row["student_f1"] == rep["student"]["per_language"][lang]["f1"]
+        assert row["retention"] == pytest.approx(row["student_f1"] / row["teacher_f1"])
+    rets = [row["retention"] for row in summary["per_language"].values()]
+    assert summary["retention_mean"] == pytest.approx(sum(rets) / 2) and summary["retention_min"] == min(rets)
+
+    # OOV share: recount the student's pieces outside the step (specials are CLS/SEP/pad)
+    from components.lib.student import UNK
+    from components.lib.tokens import encode_words
+
+    for got in rep["students"].values():
+        st = load_student(got["path"])
+        specials = {st.tokenizer.cls_token_id, st.tokenizer.sep_token_id, st.tokenizer.pad_token_id}
+        counts = {"en": [0, 0], "xx": [0, 0]}
+        for ids, lang in zip(encode_words(st.tokenizer, sents, st.max_length).input_ids, langs, strict=True):
+            text = [t for t in ids.tolist() if t not in specials]
+            counts[lang][0] += sum(int(st.vocab.encode([t])[0]) == UNK for t in text)
+            counts[lang][1] += len(text)
+        assert got["oov_rate_per_language"] == pytest.approx({k: o / n for k, (o, n) in counts.items()})
+        assert got["oov_rate"] == pytest.approx(sum(o for o, _ in counts.values()) / sum(n for _, n in counts.values()))
     assert rep["student"]["f1"] > 0.5 and rep["student"]["f1"] > rep["baseline"]["f1"]  # 60 steps vs 2
     same = sum(a == b for s, t in zip(student_pred, teacher_pred, strict=True) for a, b in zip(s, t, strict=True))
     assert rep["student"]["agreement"] == pytest.approx(same / sum(map(len, sents)))
@@ -88,7 +136,11 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     md = (root / "eval" / "report.md").read_text()
     assert "Entity F1 per type" in md and "| PER |" in md and "Entity F1 per language" in md and "| xx |" in md
     assert "student `labels-only`" in md and "Retention" in md
-    for name in ("f1_vs_speed.png", "f1_per_type.png"):
+    assert md.index("**Per-language retention**") < md.index("## What was distilled")
+    assert f"mean {rep['languages_summary']['retention_mean']:.3f}" in md
+    assert "| language | sentences | entities | teacher P | teacher R | teacher F1 | baseline P" in md
+    assert "| macro (unweighted) |" in md and "student OOV" in md and "(f1_per_language.png)" in md
+    for name in ("f1_vs_speed.png", "f1_per_type.png", "f1_per_language.png"):
         assert (root / "eval" / name).read_bytes()[:4] == b"\x89PNG"
 
     client = mlflow.MlflowClient(uri)
@@ -98,6 +150,11 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     assert run.data.metrics["student.f1"] == pytest.approx(rep["student"]["f1"])
     assert run.data.metrics["students.soft_repr.per_language.xx.f1"] == pytest.approx(rep["student"]["per_language"]["xx"]["f1"])
     assert "baseline.f1" in run.data.metrics
+    for who in ("teacher", "student", "baseline"):
+        assert run.data.metrics[f"{who}.language_macro_f1"] == pytest.approx(rep[who]["language_macro_f1"])
+    assert run.data.metrics["student.per_language.en.f1"] == pytest.approx(rep["student"]["per_language"]["en"]["f1"])
+    assert run.data.metrics["languages_summary.retention_min"] == pytest.approx(rep["languages_summary"]["retention_min"])
+    assert "students.soft_repr.oov_rate_per_language.xx" in run.data.metrics
     assert {f.path for f in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/report.json", "eval/report.md"}
 
 
@@ -107,6 +164,9 @@ def test_token_evaluate_without_lang_and_bad_inputs(evaluated_ner_work_dir, tmp_
     rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
     assert "per_language" not in rep["student"] and rep["languages"] is None and "baseline" not in rep
     assert "per language" not in (evaluated_ner_work_dir / "eval" / "report.md").read_text()
+    assert rep["languages_summary"] is None and "language_macro_f1" not in rep["student"]
+    assert 0.0 <= rep["student"]["oov_rate"] < 1.0 and "oov_rate_per_language" not in rep["student"]
+    assert not (evaluated_ner_work_dir / "eval" / "f1_per_language.png").exists()
 
     # a teacher without a token-classification head (the bare tiny BertModel) is refused
     with pytest.raises(UserError, match="not a token classifier"):

@@ -1,10 +1,11 @@
-"""seqeval entity scores on a hand-made example, every figure computed by hand below."""
+"""seqeval entity scores, their mean over languages and the OOV share of a hand-made student
+vocabulary, every figure computed by hand below."""
 
 from __future__ import annotations
 
 import pytest
 
-from components.lib.ner_metrics import by_language, entity_scores, tag_names
+from components.lib.ner_metrics import by_language, entity_scores, macro_over_languages, oov_rates, tag_names
 
 # Gold entities (type, words): s1 PER[0,2) LOC[3,4); s2 ORG[0,1) PER[2,3); s3 LOC[1,3)  -> 5 (PER 2, LOC 2, ORG 1)
 GOLD = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER", "O"], ["O", "B-LOC", "I-LOC", "O"]]
@@ -54,3 +55,36 @@ def test_mismatched_lengths_and_tag_names():
     with pytest.raises(ValueError, match="3 gold sentences but 2 predicted"):
         entity_scores(GOLD, PRED[:2])
     assert tag_names([[0, 1], [2]], ["O", "B-X", "I-X"]) == [["O", "B-X"], ["I-X"]]
+
+
+def test_macro_over_languages_by_hand():
+    # by_language above: de P = R = F1 = 1, en P = R = F1 = 1/3 -> every mean (1 + 1/3) / 2 = 2/3
+    assert macro_over_languages(by_language(GOLD, PRED, ["en", "de", "en"])) == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    # unweighted: a language with 1 entity counts as much as one with 100
+    per = {"da": {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "entities_gold": 100},
+           "hr": {"precision": 0.25, "recall": 0.0, "f1": 0.0, "entities_gold": 1},
+           "zh": {"precision": 0.75, "recall": 0.5, "f1": 0.6, "entities_gold": 7}}
+    assert macro_over_languages(per) == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": (2 / 3 + 0.6) / 3})
+    with pytest.raises(ValueError, match="no languages"):
+        macro_over_languages({})
+
+
+def test_oov_rates_on_a_hand_made_vocab():
+    from components.lib.student import UNK, VocabMap
+
+    # teacher vocab of 10: pad 0, unk 1, CLS 2, SEP 3; the student keeps pieces 2, 3, 5, 6
+    vocab = VocabMap([2, 3, 5, 6], teacher_vocab_size=10, teacher_pad_id=0, teacher_unk_id=1)
+    assert vocab.encode([7, 1, 5]).tolist() == [UNK, UNK, 4]
+    pieces = [[2, 5, 7, 6, 3],        # da: 5 7 6 -> 1 OOV of 3 (CLS/SEP not counted)
+              [2, 8, 9, 1, 3, 0, 0],  # hr: 8 9 [UNK] -> 3 of 3 (the teacher's own UNK is UNK to the student too)
+              [2, 5, 5, 3],           # da: 5 5 -> 0 of 2
+              [2, 3]]                 # da: no text pieces -> nothing counted
+    out = oov_rates(pieces, vocab, special_ids=[2, 3, 0], langs=["da", "hr", "da", "da"])
+    # da 1/5, hr 3/3, all 4/8
+    assert out == {"oov_rate": 4 / 8, "oov_rate_per_language": {"da": 1 / 5, "hr": 3 / 3}}
+    assert list(out["oov_rate_per_language"]) == ["da", "hr"]
+    assert oov_rates(pieces, vocab, [2, 3, 0]) == {"oov_rate": 0.5}  # no languages: no per-language key
+    assert oov_rates([[2, 3]], vocab, [2, 3, 0]) == {"oov_rate": 0.0}  # nothing to count: 0, not NaN
+    with pytest.raises(ValueError, match="2 languages for 4 sentences"):
+        oov_rates(pieces, vocab, [2, 3, 0], langs=["da", "hr"])

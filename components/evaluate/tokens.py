@@ -1,8 +1,9 @@
 """evaluate for token classification: teacher vs student tagger(s) vs baseline on the test split.
 
 Quality is entity-level precision/recall/F1 (seqeval, exact span match) overall, per entity type
-and per language when the test table has a `lang` column, plus word-level tag agreement with the
-teacher. Size and speed are measured as for classification, in this process on this machine:
+and per language when the test table has a `lang` column (then also their unweighted mean over
+languages, each student's OOV share of test pieces and a per-language retention summary), plus
+word-level tag agreement with the teacher. Size and speed are measured as for classification, in this process on this machine:
 sentences/s at evaluate.batch_size and batch-1 p50/p95 latency, torch for the teacher, torch and
 ONNX Runtime for every student. Words past a model's max_length count as O (the alignment rule).
 Writes cfg.eval_dir atomically: report.json, report.md, PNG plots.
@@ -58,7 +59,33 @@ def scores(gold: list[list[str]], pred: list[list[str]], langs: list[str] | None
     out = ner_metrics.entity_scores(gold, pred)
     if langs is not None:
         out["per_language"] = ner_metrics.by_language(gold, pred, langs)
+        macro = ner_metrics.macro_over_languages(out["per_language"])
+        out.update({f"language_macro_{k}": v for k, v in macro.items()})
     return out
+
+
+def languages_summary(teacher: dict, student: dict, baseline: dict | None) -> dict:
+    """Per language: teacher, baseline and student entity F1 and retention (student / teacher,
+    0 when the teacher scores 0); retention mean and min over languages."""
+    per = {}
+    for lang, t in teacher["per_language"].items():
+        s = student["per_language"][lang]["f1"]
+        row = {"teacher_f1": t["f1"]}
+        if baseline is not None:
+            row["baseline_f1"] = baseline["per_language"][lang]["f1"]
+        row.update(student_f1=s, retention=s / t["f1"] if t["f1"] else 0.0)
+        if "oov_rate_per_language" in student:
+            row["student_oov_rate"] = student["oov_rate_per_language"][lang]
+        per[lang] = row
+    retention = {lang: row["retention"] for lang, row in per.items()}
+    worst = min(retention, key=retention.__getitem__)
+    return {"student": student["mode"], "per_language": per, "retention_mean": sum(retention.values()) / len(retention),
+            "retention_min": retention[worst], "retention_min_language": worst}
+
+
+def special_piece_ids(tokenizer) -> list[int]:
+    """The tokenizer's CLS/SEP/pad piece ids: framing, not text, so not counted as OOV."""
+    return [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if t is not None]
 
 
 def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list[list[str]], label_names: list[str],
@@ -91,6 +118,7 @@ def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]]
                      label_names: list[str], langs: list[str] | None, teacher_pred: list[list[str]], scratch: Path) -> dict:
     from components.lib.onnx import export_onnx, onnx_predict_word_logits, ort_session
     from components.lib.student_io import load_student, predict_tags, predict_word_logits
+    from components.lib.tokens import encode_words
     from components.lib.torch_utils import count_parameters
 
     st = load_student(path)
@@ -109,6 +137,9 @@ def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]]
                params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
                onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
                throughput_onnx=speed_onnx, latency_ms_onnx=lat_onnx)
+    # The pieces the student sees: the same encoding and truncation as student_io.word_ids.
+    pieces = encode_words(st.tokenizer, sentences, st.max_length).input_ids
+    out.update(ner_metrics.oov_rates(pieces, st.vocab, special_piece_ids(st.tokenizer), langs))
     log.info("student %s: entity F1 %.4f, tag agreement %.4f, %.1f sentences/s torch, %.1f ONNX", st.mode,
              out["f1"], out["agreement"], speed, speed_onnx)
     return out
@@ -124,6 +155,13 @@ def write_outputs(rep: dict, out: Path) -> None:
                                ylabel="test entity F1", xlabel="sentences/s (log scale)")
     models = {"teacher": rep["teacher"], **rep["students"]}
     report.plot_per_type_f1({name: m["per_type"] for name, m in models.items()}, "entity F1 per type", out / "f1_per_type.png")
+    if rep.get("languages_summary"):
+        f1s = {"teacher": rep["teacher"]}
+        if "baseline" in rep:
+            f1s[f"baseline ({rep['baseline']['mode']})"] = rep["baseline"]
+        f1s[f"student ({rep['student']['mode']})"] = rep["student"]
+        report.plot_per_language_f1({name: {lang: s["f1"] for lang, s in m["per_language"].items()} for name, m in f1s.items()},
+                                    "entity F1 per language", out / "f1_per_language.png")
     (out / "report.md").write_text(report_md.render_ner_markdown(rep))
 
 
@@ -153,14 +191,18 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Tok
         rep["test_words"] = sum(len(s) for s in sentences)
         rep["entity_types"] = sorted({t for m in (teacher, *students.values()) for t in m["per_type"]})
         rep["languages"] = sorted(set(langs)) if langs is not None else None
+        rep["languages_summary"] = languages_summary(teacher, rep["student"], rep.get("baseline")) if langs is not None else None
         with data.atomic_dir(cfg.eval_dir) as out:
             write_outputs(rep, out)
         logged = {k: rep[k] for k in ("teacher", "students", "retention", "params", "compression", "throughput",
                                       "speedup", "speedup_onnx", "latency_ms")}
-        headline = ("f1", "precision", "recall", "macro_f1")
+        headline = ("f1", "precision", "recall", "macro_f1") + (("language_macro_f1",) if langs is not None else ())
         logged["student"] = {k: rep["student"][k] for k in headline}
         if "baseline" in rep:
             logged["baseline"] = {k: rep["baseline"][k] for k in headline}
+        if langs is not None:
+            logged["student"]["per_language"] = {lang: {"f1": m["f1"]} for lang, m in rep["student"]["per_language"].items()}
+            logged["languages_summary"] = rep["languages_summary"]
         tr.log_metrics(report.flat_metrics(logged))
         tr.set_tags({"distilflow.student_mode": rep["student"]["mode"], "distilflow.cpu": rep["environment"]["cpu"],
                      "distilflow.task": TASK})

@@ -1,12 +1,13 @@
 """Entity-level scores for token classification (seqeval, CoNLL-style exact span match).
 
 Pure functions over tag-name sequences: evaluate, the teacher's dev selection and the student's
-early stopping all call these, so "F1" means the same thing everywhere.
+early stopping all call these, so "F1" means the same thing everywhere. For the multilingual
+setting: scores per language, their unweighted mean, and the student vocabulary's OOV share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,39 @@ def by_language(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], la
     for lang in sorted(set(langs)):
         idx = np.flatnonzero(langs_a == lang)
         out[str(lang)] = entity_scores([gold[i] for i in idx], [pred[i] for i in idx])
+    return out
+
+
+def macro_over_languages(per_language: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Unweighted mean precision/recall/F1 over languages (by_language's output)."""
+    if not per_language:
+        raise ValueError("no languages to average over")
+    # Every language weighs the same however many entities its test split has: a small language
+    # the student fails on must show in the headline, not drown under the big ones.
+    n = len(per_language)
+    return {k: sum(float(m[k]) for m in per_language.values()) / n for k in ("precision", "recall", "f1")}
+
+
+def oov_rates(teacher_ids: Sequence[np.ndarray], vocab: Any, special_ids: Iterable[int],
+              langs: Sequence[str] | None = None) -> dict[str, Any]:
+    """Share of the teacher word pieces that `vocab` (a student VocabMap) maps to UNK: `oov_rate`
+    over all sentences and, with languages, `oov_rate_per_language`; special_ids are not counted."""
+    from components.lib.student import UNK
+
+    if langs is not None and len(langs) != len(teacher_ids):
+        raise ValueError(f"{len(langs)} languages for {len(teacher_ids)} sentences")
+    specials = np.asarray(sorted(set(special_ids)), dtype=np.int64)
+    counts: dict[str, list[int]] = {}  # language ("" without languages) -> [oov pieces, pieces]
+    for i, ids in enumerate(teacher_ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[~np.isin(ids, specials)]  # CLS/SEP/pad are not text: they would dilute the rate
+        c = counts.setdefault(str(langs[i]) if langs is not None else "", [0, 0])
+        c[0] += int((vocab.encode(ids) == UNK).sum())
+        c[1] += len(ids)
+    oov, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+    out: dict[str, Any] = {"oov_rate": oov / total if total else 0.0}
+    if langs is not None:
+        out["oov_rate_per_language"] = {lang: c[0] / c[1] if c[1] else 0.0 for lang, c in sorted(counts.items())}
     return out
 
 

@@ -114,6 +114,51 @@ def _ner_card_lines(card: dict[str, Any] | None, label_names: Sequence[str]) -> 
     ]
 
 
+def _retention_lines(summary: dict[str, Any] | None) -> list[str]:
+    if not summary:
+        return []
+    n = len(summary["per_language"])
+    return [f"**Per-language retention** (student `{summary['student']}` / teacher entity F1, {n} languages): "
+            f"mean {_fmt(summary['retention_mean'])}, min {_fmt(summary['retention_min'])} "
+            f"(`{summary['retention_min_language']}`).", ""]
+
+
+def _prf(m: dict[str, Any] | None) -> list[str]:
+    m = m or {}
+    return [_fmt(m.get("precision")), _fmt(m.get("recall")), _fmt(m.get("f1"))]
+
+
+def _language_lines(report: dict[str, Any]) -> list[str]:
+    """Entity P/R/F1 per language for teacher, labels-only baseline and chosen student, their
+    unweighted mean over languages, retention and the student's OOV share; F1 of other students."""
+    teacher, student, baseline = report["teacher"], report["student"], report.get("baseline")
+    summary = (report.get("languages_summary") or {}).get("per_language", {})
+    trio = [("teacher", teacher)] + ([("baseline", baseline)] if baseline else []) + [("student", student)]
+    shown = {student["mode"], baseline["mode"] if baseline else None}
+    others = [(mode, m) for mode, m in report["students"].items() if mode not in shown]
+    head = [f"{name} {x}" for name, _ in trio for x in ("P", "R", "F1")] + ["retention", "student OOV"]
+    head += [f"F1 `{mode}`" for mode, _ in others]
+    lines = ["", "## Entity F1 per language", "",
+             f"Teacher, {'labels-only baseline, ' if baseline else ''}"
+             f"student `{student['mode']}`: entity precision (P), recall (R) and F1 per language; the macro row is "
+             "their unweighted mean over languages. Retention: student / teacher F1. Student OOV: share of the "
+             "student's test word pieces (CLS/SEP/pad excluded) its trimmed vocabulary maps to UNK "
+             f"({_fmt(student.get('oov_rate'))} over all languages).", "",
+             "| language | sentences | entities | " + " | ".join(head) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in head) + " |"]
+    for lang in sorted(teacher["per_language"]):
+        t = teacher["per_language"][lang]
+        cells = [c for _, m in trio for c in _prf(m.get("per_language", {}).get(lang))]
+        cells += [_fmt(summary.get(lang, {}).get("retention")), _fmt(student.get("oov_rate_per_language", {}).get(lang))]
+        cells += [_fmt(m.get("per_language", {}).get(lang, {}).get("f1")) for _, m in others]
+        lines.append(f"| {lang} | {t['sentences']} | {t['entities_gold']} | " + " | ".join(cells) + " |")
+    macro = [_fmt(m.get(f"language_macro_{x}")) for _, m in trio for x in ("precision", "recall", "f1")]
+    macro += [_fmt((report.get("languages_summary") or {}).get("retention_mean")), "–"]
+    macro += [_fmt(m.get("language_macro_f1")) for _, m in others]
+    lines.append("| macro (unweighted) | – | – | " + " | ".join(macro) + " |")
+    return lines
+
+
 def render_ner_markdown(report: dict[str, Any]) -> str:
     """The token-classification report: entity F1 (overall, per type, per language), size, speed."""
     env = report["environment"]
@@ -122,6 +167,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Distillation report (token classification)",
         "",
+        *_retention_lines(report.get("languages_summary")),
         "## What was distilled",
         "",
         f"- Teacher: `{teacher['model']}` ({_millions(teacher['params'])} parameters, {teacher['max_length']} pieces)",
@@ -166,14 +212,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
         cells = [_fmt(m["per_type"][typ]["f1"]) if typ in m["per_type"] else "–" for _, m in models]
         lines.append(f"| {typ} | {_fmt(support)} | " + " | ".join(cells) + " |")
     if "per_language" in teacher:
-        langs = sorted(teacher["per_language"])
-        lines += ["", "## Entity F1 per language", "",
-                  "| language | sentences | entities | " + " | ".join(name for name, _ in models) + " |",
-                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in models) + " |"]
-        for lang in langs:
-            t = teacher["per_language"][lang]
-            cells = [_fmt(m.get("per_language", {}).get(lang, {}).get("f1")) for _, m in models]
-            lines.append(f"| {lang} | {t['sentences']} | {t['entities_gold']} | " + " | ".join(cells) + " |")
+        lines += _language_lines(report)
     lines += [
         "",
         "## Where it was measured",
@@ -189,4 +228,6 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
         "![entity F1 per type](f1_per_type.png)",
         "",
     ]
+    if report.get("languages_summary"):
+        lines += ["![entity F1 per language](f1_per_language.png)", ""]
     return "\n".join(lines)
