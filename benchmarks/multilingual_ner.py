@@ -1,0 +1,201 @@
+"""XtremeDistil's multilingual claim on Universal NER: one multilingual teacher, one BiLSTM student
+for five languages (Danish, Croatian, Portuguese, Swedish, Chinese), entity F1 kept per language,
+at a fraction of the teacher's size and cost (Mukherjee & Hassan Awadallah, XtremeDistil, 2020).
+
+    python benchmarks/multilingual_ner.py                      # configs/uner.yaml, seeds 1,2,3
+    python benchmarks/multilingual_ner.py --seeds 1 --set data.train_sentences=100   # a quicker look
+
+The project's own steps, in order, with configs/uner.yaml plus overrides: prepare_data (one split,
+data.seed) -> finetune_teacher (once; the model is registered in MLflow and every later step reads
+it as models:/NAME/VERSION) -> pseudo_label (once) -> per seed: distill_student labels-only and
+soft+repr (student.seed = seed) -> evaluate (teacher and both students on every language's test
+split; sentences/s at batch 256, raw words in, tags out, tokenisation included, one process).
+
+Resumable like paper_table.py: every step writes <work-dir>/done/<step>.json with its result and a
+fingerprint of the settings it depends on; a rerun skips what still matches. Writes --out
+(benchmarks/results/uner.json): languages -> {lang: {teacher, baseline, student}} (mean, std over
+seeds), retention_mean / retention_min (student / teacher F1 over languages), compression, speedup,
+and prints every target with PASS/MISS. Never run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from paper_units import machine, mean_std, run_unit  # noqa: E402
+
+log = logging.getLogger("multilingual_ner")
+TEACHER_F1_MIN = 0.60  # a teacher worth distilling: macro entity F1 over the languages
+# XtremeDistil's figures: 95% of the teacher's F1, 35x fewer parameters, 51x faster batch inference.
+RETENTION_MEAN_MIN, RETENTION_EACH_MIN, COMPRESSION_MIN, SPEEDUP_MIN = 0.95, 0.90, 35.0, 51.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "uner.yaml"), help="base pipeline config")
+    p.add_argument("--data-dir", default=None, help="folder holding <lang>/{train,test}.iob2 (sets UNER_DIR; "
+                   "default $UNER_DIR or ../shared/data/uner beside the repo)")
+    p.add_argument("--seeds", default="1,2,3", help="student seeds, comma-separated")
+    p.add_argument("--work-dir", default="runs/bench_uner", help="where every step writes")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "uner.json"), help="result JSON")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default torch's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config override, e.g. --set teacher.epochs=6 (repeatable)")
+    return p.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace, work: Path):
+    from components.lib.config import load_config
+
+    if args.data_dir:
+        os.environ["UNER_DIR"] = str(Path(args.data_dir).resolve())
+    dirs = {f"{section}.output_dir": str(work / name) for section, name in
+            (("data", "data"), ("teacher", "teacher"), ("transfer", "pseudo"), ("evaluate", "eval"), ("export", "export"))}
+    threads = [f"{s}.num_threads={args.threads}" for s in ("teacher", "transfer", "student", "evaluate")] if args.threads else []
+    cfg = load_config(args.config, [*threads, *args.overrides])
+    return cfg.with_overrides({**dirs, "work_dir": str(work), "tracking.uri": cfg.tracking.uri or f"sqlite:///{work}/mlflow.db"})
+
+
+def section(cfg, name: str) -> dict:
+    """A config section without the keys that never change a number."""
+    return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items() if k not in ("output_dir", "num_threads")}
+
+
+def register_teacher(cfg, model_uri: str) -> str:
+    """Register the fine-tuned teacher once; later steps read it as models:/NAME/VERSION."""
+    import mlflow
+
+    from components.lib import tracking
+
+    name = f"{cfg.export.model_name}-teacher"
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    version = mlflow.register_model(model_uri, name).version
+    return f"models:/{name}/{version}"
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    from components import distill_student, evaluate, finetune_teacher, prepare_data, pseudo_label
+
+    work = Path(args.work_dir).resolve()
+    cfg = base_config(args, work)
+    done = work / "done"
+    data_key = {"data": section(cfg, "data")}
+    teacher_key = {**data_key, "teacher": section(cfg, "teacher")}
+    records: dict[str, dict] = {}
+    records["prepare-data"] = run_unit(done / "prepare-data.json", data_key, "prepare-data", lambda: prepare_data.run(cfg))
+
+    def finetune() -> dict:
+        result = finetune_teacher.run(cfg).model_dump(mode="json")
+        if not result["model_uri"]:
+            raise SystemExit("the teacher was not logged to MLflow (tracking disabled?): nothing to register")
+        return {**result, "registered": register_teacher(cfg, result["model_uri"])}
+
+    teacher = run_unit(done / "finetune-teacher.json", teacher_key, "finetune-teacher", finetune)
+    records["finetune-teacher"] = teacher
+    cfg = cfg.with_overrides({"transfer.teacher": teacher["result"]["registered"]})
+    pseudo_key = {**teacher_key, "transfer": section(cfg, "transfer")}
+    records["pseudo-label"] = run_unit(done / "pseudo-label.json", pseudo_key, "pseudo-label", lambda: pseudo_label.run(cfg))
+    for seed in map(int, args.seeds.split(",")):
+        scfg = cfg.with_overrides({"student.seed": seed, "student.output_dir": str(work / f"student-s{seed}"),
+                                   "evaluate.output_dir": str(work / f"eval-s{seed}")})
+        for mode in ("labels-only", "soft+repr"):
+            mcfg = scfg.with_overrides({"student.mode": mode})
+            key = {**pseudo_key, "student": section(mcfg, "student")}
+            records[f"s{seed}/{mode}"] = run_unit(done / f"s{seed}-{mode.replace('+', '_')}.json", key, f"[s{seed}] distill {mode}",
+                                                  lambda mcfg=mcfg: distill_student.run(mcfg))
+
+        def evaluate_seed(scfg=scfg) -> dict:
+            dirs = {m: scfg.student_dir(m) for m in ("labels-only", "soft+repr")}
+            result = evaluate.run(scfg, student_dirs=dirs)
+            return {"result": result.model_dump(mode="json"), "report": json.loads(Path(result.report_path).read_text())}
+
+        key = {**pseudo_key, "student": section(scfg, "student"), "evaluate": section(scfg, "evaluate")}
+        records[f"s{seed}/evaluate"] = run_unit(done / f"s{seed}-evaluate.json", key, f"[s{seed}] evaluate", evaluate_seed)
+    return records
+
+
+def summarise(records: dict[str, dict]) -> dict[str, Any]:
+    """Per language teacher / baseline / student F1 as mean and std over seeds, and the targets."""
+    reports = [r["result"]["report"] for k, r in sorted(records.items()) if k.endswith("/evaluate")]
+    langs = reports[0]["languages"]
+    models = {"teacher": "teacher", "baseline": "baseline", "student": "student"}
+    languages = {lang: {name: mean_std([rep[key]["per_language"][lang]["f1"] for rep in reports]) for name, key in models.items()}
+                 for lang in langs}
+    retention = {lang: (v["student"]["mean"] / v["teacher"]["mean"] if v["teacher"]["mean"] else 0.0) for lang, v in languages.items()}
+    macro = {name: mean_std([sum(rep[key]["per_language"][lang]["f1"] for lang in langs) / len(langs) for rep in reports])
+             for name, key in models.items()}
+    summary = {
+        "languages": languages,
+        "macro_f1": macro,
+        "retention": retention,
+        "retention_mean": sum(retention.values()) / len(retention),
+        "retention_min": min(retention.values()),
+        "baseline_beaten": {lang: v["student"]["mean"] > v["baseline"]["mean"] for lang, v in languages.items()},
+        "compression": reports[0]["compression"],
+        "params": reports[0]["params"],
+        "speedup": mean_std([rep["speedup"] for rep in reports]),
+        "speedup_onnx": mean_std([rep["speedup_onnx"] for rep in reports]),
+        "throughput": {name: mean_std([rep["throughput"][name] for rep in reports]) for name in ("teacher", "student")},
+        "seeds": len(reports),
+        "test_sentences": {lang: reports[0]["teacher"]["per_language"][lang]["sentences"] for lang in langs},
+    }
+    summary["targets"] = [
+        {"target": "teacher macro entity F1 over languages", "value": macro["teacher"]["mean"], "min": TEACHER_F1_MIN},
+        {"target": "retention mean over languages", "value": summary["retention_mean"], "min": RETENTION_MEAN_MIN},
+        {"target": "retention of every language", "value": summary["retention_min"], "min": RETENTION_EACH_MIN},
+        {"target": "compression (teacher / student parameters)", "value": summary["compression"], "min": COMPRESSION_MIN},
+        {"target": "speed-up (batch-256 sentences/s, student / teacher)", "value": summary["speedup"]["mean"], "min": SPEEDUP_MIN},
+        {"target": "student beats the labels-only baseline in every language",
+         "value": float(all(summary["baseline_beaten"].values())), "min": 1.0},
+    ]
+    for t in summary["targets"]:
+        t["pass"] = t["value"] >= t["min"]
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    fmt = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}"  # noqa: E731
+    lines = ["| language | teacher F1 | baseline F1 | student F1 | retention |", "| --- | --- | --- | --- | --- |"]
+    for lang, v in summary["languages"].items():
+        lines.append(f"| {lang} | {fmt(v['teacher'])} | {fmt(v['baseline'])} | {fmt(v['student'])} | {summary['retention'][lang]:.3f} |")
+    m = summary["macro_f1"]
+    lines.append(f"| macro | {fmt(m['teacher'])} | {fmt(m['baseline'])} | {fmt(m['student'])} | {summary['retention_mean']:.3f} |")
+    lines += ["", f"Compression {summary['compression']:.1f}x; speed-up {fmt(summary['speedup'])}x "
+              f"(ONNX {fmt(summary['speedup_onnx'])}x); {summary['seeds']} seeds.", ""]
+    lines += [f"- {'PASS' if t['pass'] else 'MISS'} {t['target']}: {t['value']:.3f} (target >= {t['min']})" for t in summary["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    from components.lib import data
+
+    records = run_all(args)
+    summary = summarise(records)
+    reports = [r["result"]["report"] for k, r in sorted(records.items()) if k.endswith("/evaluate")]
+    out = Path(args.out)
+    data.write_json(out, {**summary, "command": " ".join(["python", "benchmarks/multilingual_ner.py", *(argv or sys.argv[1:])]),
+                          "machine": machine(reports), "wall_s": {k: r["wall_s"] for k, r in records.items()},
+                          "teacher_model": records["finetune-teacher"]["result"]["registered"]})
+    out.with_suffix(".md").write_text(markdown(summary))
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
