@@ -14,7 +14,7 @@ from components import prepare_data
 from components.lib import token_data
 from components.lib.config import PROJECT_ROOT, validate_config
 from components.lib.errors import DataError, UserError
-from tests.helpers import language_sources, make_ner_sentences, write_conllu, write_uner_like
+from tests.helpers import NER_TAGS, language_sources, make_ner_sentences, write_conllu, write_uner_like
 
 CONLLU = {"format": "conll", "conll_token_field": 1, "conll_tag_field": 2, "conll_comments": True, "conll_delimiter": "tab"}
 
@@ -125,3 +125,24 @@ def test_the_cli_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {root / 'zz.iob2'}: file not found (data.languages entry 'zz')"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hugging_face_token_dataset_per_language(tmp_path):
+    """Each language its own datasets dir (save_to_disk; on the hub: wikiann with dataset_config de,
+    fr, ...): ClassLabel tags by name, the dataset's own train/test splits, one lang per entry."""
+    import datasets
+
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_TAGS))})
+    languages = []
+    for k, lang in enumerate(("de", "fr")):
+        sents, tags, _ = make_ner_sentences(40, seed=200 + k)
+        sents = [[f"{lang}{w}" for w in s] for s in sents]
+        part = lambda lo, hi: datasets.Dataset.from_dict({"tokens": sents[lo:hi], "ner_tags": tags[lo:hi]}, features=features)  # noqa: E731,B023
+        datasets.DatasetDict({"train": part(0, 30), "test": part(30, 40)}).save_to_disk(str(tmp_path / lang))
+        languages.append({"lang": lang, "source": str(tmp_path / lang)})
+    cfg = validate_config({"task": "token-classification", "tracking": {"enabled": False}, "work_dir": str(tmp_path / "w"),
+                           "data": {"languages": languages, "train_sentences": 10, "dev_sentences": 5, "output_dir": str(tmp_path / "out")}})
+    result = prepare_data.run(cfg)
+    assert result.label_names == NER_TAGS and result.rows == {"train": 20, "dev": 10, "test": 20, "transfer": 30}
+    assert sorted(set(langs_of(tmp_path / "out" / "test.parquet"))) == ["de", "fr"]
