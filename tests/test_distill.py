@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from components import distill_student
 from components.distill_student import sequence as distill_sequence
 from components.lib import data, training
-from components.lib.config import PipelineConfig, StudentMode
+from components.lib.config import PipelineConfig, StudentConfig, StudentMode
 from components.lib.student import BiLSTMStudent, StudentArch
 from components.lib.student_io import load_student, predict_logits
 from tests.helpers import FILLER, TOPICS
@@ -167,6 +167,106 @@ def test_unfreezing_order_is_honoured(tmp_path):
                           on_epoch=lambda rec: seen.append(snapshot()), **SEQUENCE_TASK)
     after = seen[0]
     assert changed(before, after, "encoder") and not changed(before, after, "embeddings")
+
+
+ALL = ("classifier", "encoder", "embeddings")
+
+
+def test_one_layer_plan_is_unchanged():
+    """layers=1, repr_unfreeze=all: the plan the pinned demo numbers were made with, written out."""
+    s = StudentConfig(repr_epochs=4, soft_epochs=6, label_epochs=60, patience=3)
+    assert (s.layers, s.repr_unfreeze) == (1, "all")  # the defaults
+    rows = lambda m: [(p.name, p.target, p.groups, p.max_epochs, p.patience) for p in training.plan(m, s)]  # noqa: E731
+    soft_labels = [("soft.1", "soft", ("classifier",), 6, 3), ("soft.2", "soft", ("classifier", "encoder"), 6, 3),
+                   ("soft.3", "soft", ALL, 6, 3), ("labels.1", "labels", ("classifier",), 60, 3),
+                   ("labels.2", "labels", ("classifier", "encoder"), 60, 3), ("labels.3", "labels", ALL, 60, 3)]
+    assert rows(StudentMode.labels_only) == [("labels", "labels", ALL, 60, None)]
+    assert rows(StudentMode.hard) == [("hard.1", "hard", ("classifier",), 6, 3), ("hard.2", "hard", ("classifier", "encoder"), 6, 3),
+                                      ("hard.3", "hard", ALL, 6, 3)]
+    assert rows(StudentMode.soft) == soft_labels
+    assert rows(StudentMode.soft_repr) == [("repr", "repr", ALL, 4, 3)] + soft_labels
+
+
+def test_gradual_repr_unfreezes_stage_one_top_down():
+    s = StudentConfig(repr_epochs=4, soft_epochs=6, label_epochs=60, patience=3)
+    gradual = s.model_copy(update={"repr_unfreeze": "gradual"})
+    phases = training.plan(StudentMode.soft_repr, gradual)
+    assert [(p.name, p.target, p.groups, p.max_epochs, p.patience) for p in phases[:3]] == [
+        ("repr.1", "repr", ("classifier",), 4, 3), ("repr.2", "repr", ("classifier", "encoder"), 4, 3), ("repr.3", "repr", ALL, 4, 3)]
+    assert phases[3:] == training.plan(StudentMode.soft_repr, s)[1:]  # stages 2-3 as before
+    for mode in (StudentMode.labels_only, StudentMode.hard, StudentMode.soft):  # no stage 1: nothing changes
+        assert training.plan(mode, gradual) == training.plan(mode, s)
+    assert training.plan(StudentMode.soft_repr, gradual.model_copy(update={"repr_epochs": 0})) == training.plan(StudentMode.soft, s)
+    two = training.plan(StudentMode.soft_repr, gradual.model_copy(update={"layers": 2}))
+    assert [(p.name, p.groups) for p in two if p.target == "repr"] == [
+        ("repr.1", ("classifier",)), ("repr.2", ("classifier", "encoder.2")),
+        ("repr.3", ("classifier", "encoder.2", "encoder.1")), ("repr.4", ("classifier", "encoder.2", "encoder.1", "embeddings"))]
+
+
+def test_stacked_encoder_plan_unfreezes_one_layer_at_a_time():
+    s = StudentConfig(layers=3, soft_epochs=6, label_epochs=0, patience=3)
+    assert [p.groups for p in training.plan(StudentMode.hard, s)] == [
+        ("classifier",), ("classifier", "encoder.3"), ("classifier", "encoder.3", "encoder.2"),
+        ("classifier", "encoder.3", "encoder.2", "encoder.1"), ("classifier", "encoder.3", "encoder.2", "encoder.1", "embeddings")]
+    assert training.plan(StudentMode.labels_only, s.model_copy(update={"label_epochs": 5}))[0].groups == (
+        "classifier", "encoder.3", "encoder.2", "encoder.1", "embeddings")
+
+
+def tiny_rows(g: np.random.Generator, n: int = 40, repr_dim: int = 4):
+    seqs = [g.integers(2, 30, size=g.integers(3, 9)).astype(np.int32) for _ in range(n)]
+    rows = distill_sequence.Rows(seqs, labels=g.integers(0, 2, n), logits=g.normal(size=(n, 2)).astype(np.float32),
+                                 reprs=g.normal(size=(n, repr_dim)).astype(np.float32))
+    return rows, distill_sequence.Rows(seqs[:10], labels=rows.labels[:10])
+
+
+def params_after_first_epoch(model, phase, rows, dev, s, ckpt: Path) -> tuple[dict, dict]:
+    """Named parameters before a phase and after its first epoch (the phase itself ends on its
+    best dev epoch, maybe its start)."""
+    snap = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
+    before, seen = snap(), []
+    training.train_phases(model, [phase], lambda p: rows, dev, None, s, ckpt, phase.name,
+                          on_epoch=lambda rec: seen.append(snap()), **SEQUENCE_TASK)
+    return before, seen[0]
+
+
+def changed(before: dict, after: dict, prefix: str) -> bool:
+    names = [k for k in before if k.startswith(prefix)]
+    assert names, prefix
+    return any(not torch.equal(before[k], after[k]) for k in names)
+
+
+def test_stacked_encoder_trains_the_top_layer_first(tmp_path):
+    torch.manual_seed(0)
+    rows, dev = tiny_rows(np.random.default_rng(0))
+    model = BiLSTMStudent(StudentArch(vocab_size=30, embed_dim=8, hidden=8, layers=2, dropout=0.0, repr_dim=4, num_labels=2))
+    s = PipelineConfig().student.model_copy(update={"batch_size": 8, "lr": 0.05, "layers": 2})
+    phases = training.plan(StudentMode.soft, s.model_copy(update={"soft_epochs": 1, "label_epochs": 0}))
+    assert phases[1].groups == ("classifier", "encoder.2") and phases[2].groups == ("classifier", "encoder.2", "encoder.1")
+    top = ("fwd.1.", "bwd.1.")  # encoder.2 = layer index 1 of both directions
+    bottom = ("fwd.0.", "bwd.0.")
+    before, after = params_after_first_epoch(model, phases[1], rows, dev, s, tmp_path / "c2.pt")
+    assert all(changed(before, after, p) for p in top)
+    assert not any(changed(before, after, p) for p in bottom) and not changed(before, after, "embeddings")
+    before, after = params_after_first_epoch(model, phases[2], rows, dev, s, tmp_path / "c3.pt")
+    assert all(changed(before, after, p) for p in bottom) and not changed(before, after, "embeddings")
+
+
+def test_gradual_repr_first_step_fits_the_projection_only(tmp_path):
+    """repr.1 trains the "classifier" group, but the repr loss reads dense's output: dense learns,
+    the classifier (no gradient) and the frozen encoder stay put; repr.2 moves the encoder."""
+    torch.manual_seed(0)
+    rows, dev = tiny_rows(np.random.default_rng(1))
+    model = BiLSTMStudent(StudentArch(vocab_size=30, embed_dim=8, hidden=8, layers=1, dropout=0.0, repr_dim=4, num_labels=2))
+    s = PipelineConfig().student.model_copy(update={"batch_size": 8, "lr": 0.05, "weight_decay": 0.1, "repr_epochs": 1,
+                                                     "repr_unfreeze": "gradual"})
+    phases = [p for p in training.plan(StudentMode.soft_repr, s) if p.target == "repr"]
+    assert [p.name for p in phases] == ["repr.1", "repr.2", "repr.3"]
+    before, after = params_after_first_epoch(model, phases[0], rows, dev, s, tmp_path / "r1.pt")
+    assert changed(before, after, "dense.")
+    assert not changed(before, after, "classifier.") and not changed(before, after, "fwd.") and not changed(before, after, "embeddings")
+    before, after = params_after_first_epoch(model, phases[1], rows, dev, s, tmp_path / "r2.pt")
+    assert changed(before, after, "fwd.") and changed(before, after, "bwd.")
+    assert not changed(before, after, "classifier.") and not changed(before, after, "embeddings")
 
 
 class Interrupt(Exception):

@@ -12,6 +12,7 @@ from components.lib.student import (
     BiLSTMStudent,
     StudentArch,
     VocabMap,
+    encoder_groups,
     reverse_within_length,
     svd_embeddings,
 )
@@ -59,8 +60,23 @@ def test_forward_shapes_and_param_groups():
         assert logits.shape == (4, 3) and projected.shape == (4, 8)
         assert model.logits(ids, mask).shape == (4, 3)
         groups = model.param_groups()
-        assert set(groups) == {"classifier", "encoder", "embeddings"}
+        assert list(groups) == (["classifier", "encoder", "embeddings"] if layers == 1 else
+                                ["classifier", "encoder.2", "encoder.1", "embeddings"])
         assert sum(p.numel() for g in groups.values() for p in g) == count_parameters(model)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_param_groups_hold_every_parameter_once(layers):
+    model = BiLSTMStudent(tiny_arch(layers))
+    groups = model.param_groups()
+    assert tuple(groups)[1:-1] == encoder_groups(layers)
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    assert sum(p.numel() for g in groups.values() for p in g) == count_parameters(model)
+    if layers == 1:  # as before per-layer groups: the optimizer sees the same parameters in the same order
+        assert [id(p) for p in groups["encoder"]] == [id(p) for p in [*model.fwd.parameters(), *model.bwd.parameters()]]
+    for i in range(layers if layers > 1 else 0):  # encoder.<i + 1>: both directions of layer i, nothing else
+        assert [id(p) for p in groups[f"encoder.{i + 1}"]] == [id(p) for p in [*model.fwd[i].parameters(), *model.bwd[i].parameters()]]
 
 
 def test_reverse_within_length_keeps_pads_in_place():

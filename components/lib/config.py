@@ -138,6 +138,7 @@ class StudentConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay")
     batch_size: int = Field(64, ge=1, description="examples per step")
     repr_epochs: int = Field(4, ge=0, description="max epochs of stage 1 (representation)")
+    repr_unfreeze: Literal["all", "gradual"] = Field("all", description="stage 1 trains every group at once (all) or unfreezes top-down like stages 2-3 (gradual, XtremeDistil)")
     soft_epochs: int = Field(6, ge=0, description="max epochs of stage 2 (logits) per unfreezing step")
     label_epochs: int = Field(60, ge=0, description="max epochs of stage 3 / labels-only")
     patience: int = Field(3, ge=1, description="epochs without dev improvement before a stage stops")

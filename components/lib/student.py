@@ -132,6 +132,12 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return x.gather(1, idx.unsqueeze(-1).expand_as(x))
 
 
+def encoder_groups(layers: int) -> tuple[str, ...]:
+    """Names of the encoder's parameter groups, top first: ("encoder",) for one layer, else
+    ("encoder.<layers>", ..., "encoder.1"), so gradual unfreezing can free one layer at a time."""
+    return ("encoder",) if layers == 1 else tuple(f"encoder.{i}" for i in range(layers, 0, -1))
+
+
 class BiLSTMStudent(nn.Module):
     def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
         super().__init__()
@@ -151,10 +157,16 @@ class BiLSTMStudent(nn.Module):
         self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings."""
+        """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a
+        stacked encoder is one group per layer, top first (encoder_groups)."""
+        if self.arch.layers == 1:
+            encoder = {"encoder": [*self.fwd.parameters(), *self.bwd.parameters()]}
+        else:  # "encoder.<i>": both directions of layer i (1 = the bottom one, over the embeddings)
+            encoder = {name: [*self.fwd[i].parameters(), *self.bwd[i].parameters()]
+                       for name, i in zip(encoder_groups(self.arch.layers), reversed(range(self.arch.layers)), strict=True)}
         return {
             "classifier": [*self.dense.parameters(), *self.classifier.parameters()],
-            "encoder": [*self.fwd.parameters(), *self.bwd.parameters()],
+            **encoder,
             "embeddings": [*self.embeddings.parameters()],
         }
 

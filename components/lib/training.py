@@ -28,12 +28,10 @@ from tqdm.auto import tqdm
 from components.lib import data, tracking
 from components.lib.config import PipelineConfig, StudentMode
 from components.lib.errors import UserError
-from components.lib.student import BiLSTMStudent, StudentArch, VocabMap, svd_embeddings
+from components.lib.student import BiLSTMStudent, StudentArch, VocabMap, encoder_groups, svd_embeddings
 from components.lib.task import Task
 
 log = logging.getLogger("distill-student")
-UNFREEZE = (("classifier",), ("classifier", "encoder"), ("classifier", "encoder", "embeddings"))
-ALL_GROUPS = UNFREEZE[-1]
 
 
 class DistillResult(BaseModel):
@@ -56,18 +54,33 @@ class Phase:
     patience: int | None  # None: the whole budget, keep the best dev epoch
 
 
+def unfreeze_steps(layers: int) -> list[tuple[str, ...]]:
+    """Trainable groups of each gradual-unfreezing step, top-down, one encoder layer at a time:
+    (classifier), (classifier, encoder.L), ..., (classifier, encoder.L..1, embeddings). One layer:
+    (classifier), (classifier, encoder), (classifier, encoder, embeddings)."""
+    encoder = encoder_groups(layers)
+    return [("classifier",) + encoder[:k] for k in range(len(encoder) + 1)] + [("classifier", *encoder, "embeddings")]
+
+
 def plan(mode: StudentMode, s) -> list[Phase]:
+    unfreeze = unfreeze_steps(s.layers)
     steps = lambda stage, target, epochs: [  # noqa: E731
-        Phase(f"{stage}.{i + 1}", target, groups, epochs, s.patience) for i, groups in enumerate(UNFREEZE)
+        Phase(f"{stage}.{i + 1}", target, groups, epochs, s.patience) for i, groups in enumerate(unfreeze)
     ]
     if mode == StudentMode.labels_only:
-        phases = [Phase("labels", "labels", ALL_GROUPS, s.label_epochs, None)]
+        phases = [Phase("labels", "labels", unfreeze[-1], s.label_epochs, None)]
     elif mode == StudentMode.hard:
         phases = steps("hard", "hard", s.soft_epochs)
     else:
         phases = steps("soft", "soft", s.soft_epochs) + steps("labels", "labels", s.label_epochs)
-        if mode == StudentMode.soft_repr:
-            phases = [Phase("repr", "repr", ALL_GROUPS, s.repr_epochs, s.patience)] + phases
+        if mode == StudentMode.soft_repr and s.repr_unfreeze == "gradual":
+            # The repr loss reads `projected` = dense(features): it reaches dense, the encoder and the
+            # embeddings, never the classifier's own weights. Every step trains a group it reaches
+            # ("classifier" holds dense: "repr.1" fits the projection onto frozen features), so none
+            # is skipped; the classifier gets no gradient (grad None: AdamW leaves it, decay too).
+            phases = steps("repr", "repr", s.repr_epochs) + phases
+        elif mode == StudentMode.soft_repr:
+            phases = [Phase("repr", "repr", unfreeze[-1], s.repr_epochs, s.patience)] + phases
     return [p for p in phases if p.max_epochs > 0]
 
 
@@ -125,7 +138,10 @@ def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 
 def set_trainable(model: BiLSTMStudent, groups: tuple[str, ...]) -> list[torch.nn.Parameter]:
     trainable = []
-    for name, params in model.param_groups().items():
+    named = model.param_groups()
+    if unknown := set(groups) - set(named):  # a plan made for another depth would silently freeze them
+        raise ValueError(f"no parameter groups {sorted(unknown)} in this student (groups: {list(named)})")
+    for name, params in named.items():
         for p in params:
             p.requires_grad_(name in groups)
             if name in groups:
