@@ -1,0 +1,142 @@
+"""The KServe objects that serve a registered student: a namespaced ServingRuntime (MLServer with
+distilflow's checked MLflow runtime, the serving image) and one InferenceService per model
+(`modelFormat: mlflow`, protocol v2, storageUri pointing at the exported pyfunc dir).
+
+manifests/serving/ holds both as rendered here for the demo's model; `distilflow serve
+--render-isvc` renders the InferenceService for whatever version a registry alias points at.
+Sizing comes from benchmarks/serve_load.py on the demo student (see SIZING).
+"""
+
+from __future__ import annotations
+
+import re
+
+from components.lib.errors import UserError
+
+NAMESPACE = "distilflow-serving"
+RUNTIME_NAME = "distilflow-mlserver"
+SERVE_IMAGE = "ghcr.io/distilflow/distilflow-serve:0.1.0"
+SERVICE_ACCOUNT = "distilflow-serving"
+DEFAULT_STORAGE = "s3://distilflow-models/{name}/champion"
+# From benchmarks/results/serve_load.json (the demo student, 2 MLServer workers with one thread
+# each, 8 clients, one 2-core machine): the server's process tree peaked at 1,179 MiB (1,204 MiB
+# with 16 texts a request) and used 1.8-1.9 cores at saturation (507 requests/s of one text).
+# Requests: a core and the peak plus ~30%; limits: the two cores the two workers use and room
+# for a 1,024-text batch. The HPA adds replicas past 70% of the requested CPU.
+SIZING = {
+    "requests": {"cpu": "1", "memory": "1536Mi"},
+    "limits": {"cpu": "2", "memory": "2Gi"},
+    "min_replicas": 1,
+    "max_replicas": 4,
+    "scale_target": 70,
+    "workers": 2,
+}
+LABELS = {"app.kubernetes.io/part-of": "distilflow", "app.kubernetes.io/component": "serving"}
+
+
+def isvc_name(model_name: str) -> str:
+    """A registered model name as a DNS-1035 label (what KServe accepts as an InferenceService name)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)[:45].rstrip("-")  # KServe appends -predictor-<ns> to it
+    if not name:
+        raise UserError(f"model name {model_name!r}: no DNS-1035 label can be made from it")
+    return name
+
+
+def render_isvc(model_name: str, storage_uri: str, version: str | None = None, model_ref: str | None = None,
+                namespace: str = NAMESPACE, sizing: dict | None = None) -> dict:
+    """The InferenceService for one registered model version (or the alias, when version is None)."""
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", storage_uri):
+        raise UserError(f"--storage-uri {storage_uri!r}: expected a URI such as s3://bucket/path or pvc://claim/path")
+    s = {**SIZING, **(sizing or {})}
+    labels = {**LABELS, "distilflow.io/model": isvc_name(model_name)}
+    if version:
+        labels["distilflow.io/model-version"] = str(version)
+    annotations = {
+        # A Deployment + HPA (no Knative); "RawDeployment" in older KServe releases.
+        "serving.kserve.io/deploymentMode": "Standard",
+        "distilflow.io/registered-model": model_name,
+    }
+    if model_ref:
+        annotations["distilflow.io/model-uri"] = model_ref
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": isvc_name(model_name), "namespace": namespace, "labels": labels,
+                     "annotations": annotations},
+        "spec": {
+            "predictor": {
+                "serviceAccountName": SERVICE_ACCOUNT,
+                "minReplicas": s["min_replicas"],
+                "maxReplicas": s["max_replicas"],
+                "scaleMetric": "cpu",
+                "scaleTarget": s["scale_target"],
+                "model": {
+                    "modelFormat": {"name": "mlflow", "version": "2"},
+                    "protocolVersion": "v2",
+                    "runtime": RUNTIME_NAME,
+                    "storageUri": storage_uri,
+                    "resources": {"requests": dict(s["requests"]), "limits": dict(s["limits"])},
+                },
+            },
+        },
+    }
+
+
+def render_runtime(namespace: str = NAMESPACE, image: str = SERVE_IMAGE) -> dict:
+    """The ServingRuntime: kserve-mlserver's shape, with the serving image and distilflow's runtime class."""
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "ServingRuntime",
+        "metadata": {"name": RUNTIME_NAME, "namespace": namespace, "labels": dict(LABELS),
+                     # KServe then sets MLSERVER_MODEL_NAME (the InferenceService name) and
+                     # MLSERVER_MODEL_URI (/mnt/models, where storageUri is downloaded).
+                     "annotations": {"serving.kserve.io/server-type": "mlserver"}},
+        "spec": {
+            "annotations": {"prometheus.kserve.io/port": "8082", "prometheus.kserve.io/path": "/metrics"},
+            "supportedModelFormats": [{"name": "mlflow", "version": "2", "autoSelect": False}],
+            "protocolVersions": ["v2"],
+            "containers": [{
+                "name": "kserve-container",
+                "image": image,
+                "env": [
+                    {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "distilflow_runtime.DistilflowRuntime"},
+                    {"name": "MLSERVER_HTTP_PORT", "value": "8080"},
+                    {"name": "MLSERVER_GRPC_PORT", "value": "9000"},
+                    # one inference worker per core of the limit; one thread each (runtime.py)
+                    {"name": "MLSERVER_PARALLEL_WORKERS", "value": str(SIZING["workers"])},
+                    {"name": "MLSERVER_MODEL_EXTRA", "value": '{"max_texts": 1024, "max_chars": 65536, "threads": 1}'},
+                ],
+                "ports": [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "resources": {"requests": dict(SIZING["requests"]), "limits": dict(SIZING["limits"])},
+            }],
+        },
+    }
+
+
+def champion_version(model_ref: str, tracking_uri: str) -> tuple[str, str, str | None]:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (name, version, where MLflow stored it)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    m = re.match(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))$", model_ref)
+    if not m:
+        raise UserError(f"--model {model_ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = m.groups()
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException as err:
+        raise UserError(f"--model {model_ref}: {str(err).splitlines()[0]} (tracking {tracking_uri})") from None
+    location = client.get_model_version_download_uri(name, mv.version)  # where its files are, not models:/m-...
+    return name, str(mv.version), location
+
+
+def to_yaml(*docs: dict) -> str:
+    import yaml
+
+    return "---\n".join(yaml.safe_dump(d, sort_keys=False, default_flow_style=False) for d in docs)
