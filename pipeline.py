@@ -11,43 +11,42 @@ MLflow: one parent run per pipeline run, one nested run per step (tracking.step_
 the CLI creates the parent and hands its id to the steps through the environment; on a cluster
 each pod reads its KFP run id from the `pipeline/runid` pod label and the first step creates the
 parent run tagged with it (see components/kfp_components.py). Ids never travel as parameters,
-so they do not break caching.
+so they do not break caching. The steps run inside a dsl.ExitHandler whose finalizer closes the
+parent run FINISHED or FAILED whatever happens to them. Each step's `code_version` parameter
+(version, code digest, image) puts the code into KFP's cache key. Submitting: components/cluster.py.
 """
 
 import argparse
 import contextlib
-import io
 import json
 import logging
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import Artifact, Model
 
+from components import cluster
 from components.kfp_components import STUDENT_INPUTS, make_components
 from components.lib.cli import add_config_args, run_guarded
 from components.lib.config import KubernetesConfig, PipelineConfig, config_to_json, load_config
 from components.lib.errors import UserError
+from components.serve.cli import add_serve_args, serve_command
 
 HF_HOME = "/cache/huggingface"
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # set on every pod by the KFP API server
+# Each key optional: the Secret holds only those it needs (MLflow auth; object storage for data and artifacts).
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                      "AWS_DEFAULT_REGION", "HF_TOKEN")
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifests" / "pipeline.yaml"
-
-
-class Outputs(NamedTuple):
-    evaluation: Artifact
-    exported: Model
+FINALIZER = "close-parent-run"  # the exit handler's task: bookkeeping, not a step
+PUBLISH = "publish-outputs"  # kfp.local only: where evaluate's and export's outputs are
 
 
 def configure_task(task: dsl.PipelineTask, step: str, k8s: KubernetesConfig, local: bool, salt: str | None):
@@ -70,6 +69,11 @@ def configure_task(task: dsl.PipelineTask, step: str, k8s: KubernetesConfig, loc
     if k8s.hf_cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=k8s.hf_cache_pvc, mount_path=HF_HOME)
         task.set_env_variable("HF_HOME", HF_HOME)
+    return tracking_env(task, k8s)
+
+
+def tracking_env(task: dsl.PipelineTask, k8s: KubernetesConfig) -> dsl.PipelineTask:
+    """MLflow settings and the KFP run id, from the ConfigMap/Secret in the pods' namespace."""
     kubernetes.use_config_map_as_env(task, k8s.mlflow_configmap, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
     if k8s.mlflow_secret:  # optional: a server without auth needs no secret
         kubernetes.use_secret_as_env(task, k8s.mlflow_secret, {k: k for k in MLFLOW_SECRET_KEYS}, optional=True)
@@ -80,7 +84,10 @@ def configure_task(task: dsl.PipelineTask, step: str, k8s: KubernetesConfig, loc
 def build_pipeline(cfg: PipelineConfig, image: str | None = None, local: bool = False,
                    cache_salts: dict[str, str] | None = None):
     """The @dsl.pipeline for this config (shape from cfg, hyper-parameters from config_json)."""
-    comps = make_components(image or cfg.kubernetes.image)
+    from components.lib.fingerprint import code_version
+
+    image = image or cfg.kubernetes.image
+    comps = make_components(image, code_version(image))
     k8s = cfg.kubernetes
     salts = cache_salts or {}
     default_json = config_to_json(cfg.with_overrides({"tracking.parent_run_id": None, "tracking.kfp_run_id": None}))
@@ -90,8 +97,7 @@ def build_pipeline(cfg: PipelineConfig, image: str | None = None, local: bool = 
     def setup(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
         return configure_task(task, step, k8s, local, salts.get(step))
 
-    @dsl.pipeline(name=cfg.name, description="Distil a fine-tuned Transformer encoder into a BiLSTM student.")
-    def distilflow(config_json: str = default_json) -> Outputs:
+    def steps(config_json: str) -> tuple:  # (evaluation, exported) output channels
         data = setup(comps.prepare_data(config_json=config_json), "prepare-data").outputs["data"]
         teacher = setup(comps.finetune_teacher(config_json=config_json, data=data), "finetune-teacher").outputs["teacher"]
         with dsl.ParallelFor(items=shards, parallelism=k8s.parallelism, name="pseudo-label-shards") as shard_index:
@@ -113,7 +119,20 @@ def build_pipeline(cfg: PipelineConfig, image: str | None = None, local: bool = 
             config_json=config_json, data=data, teacher=teacher, student=students[cfg.student.mode.value],
             evaluation=evaluation,
         ), "export").outputs["exported"]
-        return Outputs(evaluation=evaluation, exported=exported)
+        return evaluation, exported
+
+    @dsl.pipeline(name=cfg.name, description="Distil a fine-tuned Transformer encoder into a BiLSTM student.")
+    def distilflow(config_json: str = default_json):
+        finalizer = comps.close_parent_run(config_json=config_json).set_caching_options(False)
+        finalizer.set_cpu_request("100m").set_cpu_limit("1").set_memory_request("512Mi").set_memory_limit("2Gi")
+        if not local:
+            tracking_env(finalizer, k8s)
+        # kfp forbids pipeline outputs from inside an ExitHandler, so locally a small uncached task
+        # writes where the (fresh or cached) evaluate and export artifacts are for run_local.
+        with dsl.ExitHandler(finalizer):  # the finalizer closes the MLflow parent run, whatever happens
+            evaluation, exported = steps(config_json)
+            if local:
+                comps.publish_outputs(evaluation=evaluation, exported=exported).set_caching_options(False)
 
     return distilflow
 
@@ -165,7 +184,8 @@ def run_local(cfg: PipelineConfig, runner: str = "subprocess") -> dict:
     cfg = cfg.with_overrides({"work_dir": str(work)})  # steps (and containers) see one absolute path
     run_id = f"local-{uuid.uuid4().hex[:12]}"
     project = str(Path(__file__).resolve().parent)
-    with _scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None,
+    published = work / "kfp" / f"outputs-{run_id}.json"
+    with _scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None, DISTILFLOW_OUTPUTS_FILE=str(published),
                      PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))):
         return _run_local(cfg, runner, work, run_id)
 
@@ -211,7 +231,8 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
         runner_obj = local.DockerRunner(
             user=f"{os.getuid()}:{os.getgid()}",
             mounts=[docker.types.Mount(target=str(work), source=str(work), type="bind")],
-            environment={k: os.environ[k] for k in ("DISTILFLOW_KFP_RUN_ID", "DISTILFLOW_PARENT_RUN_ID") if k in os.environ},
+            environment={k: os.environ[k] for k in ("DISTILFLOW_KFP_RUN_ID", "DISTILFLOW_PARENT_RUN_ID",
+                                                    "DISTILFLOW_OUTPUTS_FILE") if k in os.environ},
         )
     else:
         runner_obj = local.SubprocessRunner(use_venv=False)
@@ -229,7 +250,10 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outputs = pipeline_fn(config_json=config_to_json(cfg.with_overrides({"tracking.parent_run_id": None}))).outputs
+            pipeline_fn(config_json=config_to_json(cfg.with_overrides({"tracking.parent_run_id": None})))
+        published = Path(os.environ["DISTILFLOW_OUTPUTS_FILE"])
+        outputs = json.loads(published.read_text())
+        published.unlink()
         ok = True
     except RuntimeError as err:
         why = _TaskLog._ansi.sub("", str(err)).splitlines()[0]
@@ -240,16 +264,16 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
         if parent and not ok:
             tracking.end_parent_run(cfg, parent, ok=False)
     seconds = time.perf_counter() - start
-    _copy_dir(Path(outputs["evaluation"].path), cfg.eval_dir)
-    _copy_dir(Path(outputs["exported"].path), cfg.export_dir)
+    _copy_dir(Path(outputs["evaluation"]), cfg.eval_dir)
+    _copy_dir(Path(outputs["exported"]), cfg.export_dir)
     report_path = cfg.eval_dir / "report.json"
     report = json.loads(report_path.read_text())
     cached = sorted(set(task_log.cached))
-    executed = sorted(set(task_log.executed))
+    executed = sorted(set(task_log.executed) - {FINALIZER, PUBLISH})
     summary = {
         "kfp_run_id": run_id, "parent_run_id": parent, "seconds": round(seconds, 1), "runner": runner,
         "executed": executed, "cached": cached, "report": str(report_path),
-        "artifacts": {"evaluation": outputs["evaluation"].path, "exported": outputs["exported"].path},
+        "artifacts": outputs,
         "tracking_uri": tracking.tracking_uri(cfg) if cfg.tracking.enabled else None,
     }
     (work / "last_run.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -282,60 +306,6 @@ def _log_parent(cfg: PipelineConfig, parent: str, report: dict, summary: dict) -
     tracking.end_parent_run(cfg, parent, ok=True)
 
 
-# ---------------------------------------------------------------- submit
-
-def _api_error(host: str, err: Exception) -> UserError:
-    status = getattr(err, "status", None)
-    if status:
-        return UserError(f"{host}: the KFP API refused the request (HTTP {status} {getattr(err, 'reason', '')})".rstrip())
-    reason = getattr(err, "reason", None) or err
-    return UserError(f"{host}: cannot reach the KFP API ({str(reason).splitlines()[0]})")
-
-
-def check_host(host: str, timeout: float = 10.0) -> None:
-    """Fail fast with one line (kfp.Client retries its health check for ~25 s and logs tracebacks)."""
-    import urllib.error
-    import urllib.request
-
-    if not host.startswith(("http://", "https://")):
-        raise UserError(f"--host {host}: expected an http:// or https:// URL")
-    try:
-        with urllib.request.urlopen(f"{host.rstrip('/')}/apis/v2beta1/healthz", timeout=timeout) as resp:
-            resp.read()
-    except urllib.error.HTTPError as err:
-        raise UserError(f"{host}: the KFP API refused the request (HTTP {err.code} {err.reason})") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise _api_error(host, err) from None
-
-
-def submit(cfg: PipelineConfig, host: str, experiment: str | None = None, run_name: str | None = None,
-           image: str | None = None) -> dict:
-    """Compile and start a run on a KFP cluster; returns the run id and its UI URL."""
-    import kfp
-    import kfp_server_api
-    import urllib3
-
-    check_host(host)
-    if image:
-        cfg = cfg.with_overrides({"kubernetes.image": image})
-    run_name = run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the client prints its own links
-                client = kfp.Client(host=host)
-                result = client.create_run_from_pipeline_package(
-                    str(package), arguments={"config_json": config_to_json(cfg)}, run_name=run_name,
-                    experiment_name=experiment or cfg.tracking.experiment)
-        except kfp_server_api.ApiException as err:
-            raise _api_error(host, err) from None
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise _api_error(host, err) from None
-    run_id = result.run_id
-    return {"run_id": run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run_id}", "run_name": run_name}
-
-
 # ---------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,16 +319,30 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p_compile)
     p_compile.add_argument("-o", "--output", default=str(DEFAULT_MANIFEST), help="output YAML path")
     p_compile.add_argument("--image", default=None, help="image for every step (default kubernetes.image)")
-    p_submit = sub.add_parser("submit", help="start a run on a KFP cluster")
+    p_submit = sub.add_parser("submit", help="start a run on a KFP cluster (components/cluster.py)")
     add_config_args(p_submit)
-    p_submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p_submit.add_argument("--host", required=True,
+                          help="KFP API endpoint: http://localhost:8080 (port-forward) or https://KUBEFLOW/pipeline")
+    p_submit.add_argument("--namespace", default=None, help="multi-user Kubeflow: your profile namespace")
+    p_submit.add_argument("--token-file", default=None, help="bearer token file (default $KF_PIPELINES_SA_TOKEN_PATH)")
+    p_submit.add_argument("--cookie-file", default=None, help="auth proxy NAME=VALUE session cookie file (or $DISTILFLOW_KFP_COOKIE)")
     p_submit.add_argument("--experiment", default=None, help="KFP experiment (default tracking.experiment)")
     p_submit.add_argument("--run-name", default=None, help="run display name")
     p_submit.add_argument("--image", default=None, help="image for every step (default kubernetes.image)")
+    p_submit.add_argument("--allow-local-paths", action="store_true",
+                          help="submit inputs that are local paths (only if they are on a volume the pods mount)")
+    p_submit.add_argument("--wait", action="store_true", help="follow the run's task states; exit 0 if it succeeds, else 1")
+    p_submit.add_argument("--timeout", type=float, default=None, metavar="S", help="--wait: give up after S seconds (exit 1)")
+    p_submit.add_argument("--poll", type=float, default=10.0, metavar="S", help="--wait: seconds between polls")
+    p_serve = sub.add_parser("serve", help="serve a model with MLServer (V2), or print its KServe InferenceService")
+    add_config_args(p_serve)
+    add_serve_args(p_serve)
     args = parser.parse_args(argv)
+    exit_code = 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     def dispatch():
+        nonlocal exit_code
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":
             run_local(cfg, args.runner)
@@ -367,11 +351,12 @@ def main(argv: list[str] | None = None) -> int:
             out = compile_pipeline(cfg, Path(args.output), args.image)
             print(f"wrote {out}")
             return None
-        result = submit(cfg, args.host, args.experiment, args.run_name, args.image)
-        print(f"run id: {result['run_id']}\nurl: {result['url']}")
+        if args.command == "serve":
+            return serve_command(cfg, args)
+        exit_code = cluster.submit_command(cfg, args, compile_pipeline)
         return None
 
-    return run_guarded(dispatch)
+    return run_guarded(dispatch) or exit_code
 
 
 if __name__ == "__main__":

@@ -6,14 +6,22 @@ the KFP launcher (on a cluster) put its artifacts. The functions below are plain
 factory `make_components(image)` turns them into components, because `base_image` is fixed when
 a component is created and the image comes from the config or `distilflow compile --image`.
 
+Every step also takes `code_version` (project version, digest of this package's code, image):
+KFP keys its cache on a task's parameters, image and command, not on the code inside the image,
+so this constant parameter is what makes a rebuilt image under the same tag re-run the steps.
+The bodies ignore it.
+
 Per-run values never travel as parameters: a parameter is part of every cache key, so a new
 MLflow parent run id would defeat caching. They come from the environment instead:
 - `distilflow run` creates the parent run and exports DISTILFLOW_PARENT_RUN_ID and
   DISTILFLOW_KFP_RUN_ID (the subprocess / container inherits them);
 - on a cluster each pod gets KFP_RUN_ID from its `pipeline/runid` label (downward API, set in
   pipeline.py), and the first step to run finds or creates the parent run tagged with that id.
+`close_parent_run` is the pipeline's exit handler: it runs whatever happened to the steps and
+closes the parent run FINISHED, FAILED or KILLED with the run's final state.
 """
 
+import functools
 import json
 import logging
 import os
@@ -22,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output  # noqa: F401 (annotations)
+from kfp.dsl import (  # noqa: F401 (annotations)
+    Artifact,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+    PipelineTaskFinalStatus,
+)
 
 STUDENT_INPUTS = {  # evaluate's optional inputs, one per student mode
     "labels-only": "student_labels_only",
@@ -81,9 +98,41 @@ def record(metrics, result: Any, prefix: str = "") -> dict[str, float]:
     return values
 
 
+def finish_parent_run(config_json: str, state: str, error: str | None = None) -> str | None:
+    """Close this KFP run's parent run: SUCCEEDED -> FINISHED, CANCELED -> KILLED, else FAILED.
+
+    Locally the CLI made the parent (DISTILFLOW_PARENT_RUN_ID); on a cluster it is the run tagged
+    with KFP_RUN_ID, created here when every step was a cache hit, so each KFP run has one."""
+    import mlflow
+
+    from components.lib import tracking
+    from components.lib.config import config_from_json
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    cfg = config_from_json(config_json)
+    if not cfg.tracking.enabled:
+        return None
+    kfp_run_id = os.environ.get("DISTILFLOW_KFP_RUN_ID") or os.environ.get("KFP_RUN_ID")
+    parent = cfg.tracking.parent_run_id or os.environ.get("DISTILFLOW_PARENT_RUN_ID")
+    if not parent and kfp_run_id:
+        parent = tracking.find_or_start_parent_run(cfg, kfp_run_id)
+    if not parent:
+        logging.warning("no MLflow parent run to close (no DISTILFLOW_PARENT_RUN_ID or KFP_RUN_ID)")
+        return None
+    upper = (state or "").upper()
+    final = "FINISHED" if upper == "SUCCEEDED" else "KILLED" if upper.startswith("CANCEL") else "FAILED"
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client.set_tag(parent, "distilflow.final_state", upper or "UNKNOWN")
+    if error and final != "FINISHED":
+        client.set_tag(parent, "distilflow.error", str(error)[:5000])
+    client.set_terminated(parent, final)
+    logging.info("MLflow parent run %s closed %s (pipeline state %s)", parent, final, upper)
+    return final
+
+
 # ---------------------------------------------------------------- the component functions
 
-def prepare_data(config_json: str, data: Output[Dataset], metrics: Output[Metrics]):
+def prepare_data(config_json: str, code_version: str, data: Output[Dataset], metrics: Output[Metrics]):
     """Ingest, clean and split the source into train/dev/test/transfer Parquet."""
     from components import prepare_data as step
     from components.kfp_components import record, step_config
@@ -92,7 +141,7 @@ def prepare_data(config_json: str, data: Output[Dataset], metrics: Output[Metric
     record(metrics, step.run(cfg))
 
 
-def finetune_teacher(config_json: str, data: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
+def finetune_teacher(config_json: str, code_version: str, data: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
     """Fine-tune the encoder on the labeled split; a Hugging Face model dir."""
     from components import finetune_teacher as step
     from components.kfp_components import record, step_config
@@ -101,7 +150,7 @@ def finetune_teacher(config_json: str, data: Input[Dataset], teacher: Output[Mod
     record(metrics, step.run(cfg))
 
 
-def pseudo_label_transfer_set(config_json: str, shard_index: int, num_shards: int, data: Input[Dataset],
+def pseudo_label_transfer_set(config_json: str, code_version: str, shard_index: int, num_shards: int, data: Input[Dataset],
                               teacher: Input[Model], shard: Output[Dataset]):
     """Label one row-range shard of the transfer set with the teacher (hard labels, logits, repr)."""
     from components import pseudo_label as step
@@ -114,7 +163,7 @@ def pseudo_label_transfer_set(config_json: str, shard_index: int, num_shards: in
     step.run(cfg)
 
 
-def merge_pseudo_labels(config_json: str, data: Input[Dataset], shards: Input[list[Dataset]],
+def merge_pseudo_labels(config_json: str, code_version: str, data: Input[Dataset], shards: Input[list[Dataset]],
                         pseudo: Output[Dataset], metrics: Output[Metrics]):
     """Merge the shards into one pseudo-labeled set; fails if any transfer id is missing or repeated."""
     from pathlib import Path
@@ -126,7 +175,7 @@ def merge_pseudo_labels(config_json: str, data: Input[Dataset], shards: Input[li
     record(metrics, step.merge_run(cfg, [Path(s.path) for s in shards]))
 
 
-def distill_student(config_json: str, mode: str, data: Input[Dataset], teacher: Input[Model],
+def distill_student(config_json: str, code_version: str, mode: str, data: Input[Dataset], teacher: Input[Model],
                     pseudo: Input[Dataset], student: Output[Model], metrics: Output[Metrics]):
     """Train one BiLSTM student (representation -> logits -> labels, gradual unfreezing)."""
     from components import distill_student as step
@@ -139,7 +188,7 @@ def distill_student(config_json: str, mode: str, data: Input[Dataset], teacher: 
     record(metrics, step.run(cfg))
 
 
-def evaluate(config_json: str, data: Input[Dataset], teacher: Input[Model], evaluation: Output[Artifact],
+def evaluate(config_json: str, code_version: str, data: Input[Dataset], teacher: Input[Model], evaluation: Output[Artifact],
              report: Output[Markdown], metrics: Output[Metrics],
              student_labels_only: Input[Model] = None, student_hard: Input[Model] = None,
              student_soft: Input[Model] = None, student_soft_repr: Input[Model] = None):
@@ -163,23 +212,36 @@ def evaluate(config_json: str, data: Input[Dataset], teacher: Input[Model], eval
     record(metrics, {k: report_json[k] for k in keys if k in report_json} or result)
 
 
-def export(config_json: str, data: Input[Dataset], teacher: Input[Model], student: Input[Model],
+def export(config_json: str, code_version: str, data: Input[Dataset], teacher: Input[Model], student: Input[Model],
            evaluation: Input[Artifact], exported: Output[Model], metrics: Output[Metrics]):
     """ONNX (+ int8) with a parity check, the MLflow pyfunc, registration and the champion gate."""
-    import os
-
     from components import export as step
     from components.kfp_components import record, step_config
-    from components.lib import tracking
 
     cfg = step_config(config_json, {
         "data.output_dir": data.path, "teacher.output_dir": teacher.path, "student.output_dir": student.path,
         "evaluate.output_dir": evaluation.path, "export.output_dir": exported.path,
     })
     record(metrics, step.run(cfg))
-    # On a cluster nobody else closes the parent run the first step opened; locally the CLI does.
-    if cfg.tracking.enabled and cfg.tracking.parent_run_id and not os.environ.get("DISTILFLOW_PARENT_RUN_ID"):
-        tracking.end_parent_run(cfg, cfg.tracking.parent_run_id, ok=True)
+
+
+def publish_outputs(evaluation: Input[Artifact], exported: Input[Model]):
+    """kfp.local only: write where evaluate's and export's outputs are (fresh or cached) to
+    $DISTILFLOW_OUTPUTS_FILE, because kfp forbids pipeline outputs from inside an ExitHandler."""
+    import json
+    import os
+    from pathlib import Path
+
+    out = Path(os.environ["DISTILFLOW_OUTPUTS_FILE"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"evaluation": evaluation.path, "exported": exported.path}) + "\n")
+
+
+def close_parent_run(config_json: str, status: PipelineTaskFinalStatus):
+    """Exit handler: close the MLflow parent run with the pipeline's final state, whatever it is."""
+    from components.kfp_components import finish_parent_run
+
+    finish_parent_run(config_json, status.state, status.error_message)
 
 
 # ---------------------------------------------------------------- the factory
@@ -193,12 +255,16 @@ class Components:
     distill_student: Any
     evaluate: Any
     export: Any
+    close_parent_run: Any
+    publish_outputs: Any
 
 
-def make_components(image: str) -> Components:
-    """Every step as a component running in `image` (which must hold this package and kfp)."""
+def make_components(image: str, code_version: str = "") -> Components:
+    """Every step as a component running in `image` (which must hold this package and kfp), its
+    `code_version` parameter bound (see the module docstring); the exit handler takes none."""
     def wrap(fn):
-        return dsl.component(fn, base_image=image, install_kfp_package=False)
+        comp = dsl.component(fn, base_image=image, install_kfp_package=False)
+        return functools.partial(comp, code_version=code_version)
 
     return Components(
         prepare_data=wrap(prepare_data),
@@ -208,4 +274,6 @@ def make_components(image: str) -> Components:
         distill_student=wrap(distill_student),
         evaluate=wrap(evaluate),
         export=wrap(export),
+        close_parent_run=dsl.component(close_parent_run, base_image=image, install_kfp_package=False),
+        publish_outputs=dsl.component(publish_outputs, base_image=image, install_kfp_package=False),
     )

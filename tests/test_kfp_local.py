@@ -130,6 +130,7 @@ def test_whole_pipeline_under_kfp_local_then_cached(tiny_env, capsys, monkeypatc
     parent = next(r for r in runs if r.info.run_id == first["parent_run_id"])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and "student.accuracy" in parent.data.metrics
+    assert parent.data.tags["distilflow.final_state"] == "SUCCEEDED"  # closed by the exit handler
     assert {"prepare-data", "finetune-teacher", "evaluate", "export"} <= {r.info.run_name for r in children}
     assert sum(r.info.run_name == "pseudo-label-transfer-set" for r in children) == 2
 
@@ -143,6 +144,7 @@ def test_whole_pipeline_under_kfp_local_then_cached(tiny_env, capsys, monkeypatc
 
 @pytest.mark.integration
 def test_failed_step_is_one_line_and_fails_the_parent_run(tiny_env, tmp_path, capsys):
+    """kfp.local (2.17) runs dsl.ExitHandler tasks after a failed body, with its final status."""
     import mlflow
 
     bad = tmp_path / "bad.csv"
@@ -154,3 +156,5 @@ def test_failed_step_is_one_line_and_fails_the_parent_run(tiny_env, tmp_path, ca
     exp = client.get_experiment_by_name("distilflow-tiny")
     parents = client.search_runs([exp.experiment_id], "tags.`distilflow.role` = 'parent'")
     assert [r.info.status for r in parents] == ["FAILED"]
+    # the exit handler ran after the failure and closed it (run_local's own close is only a fallback)
+    assert parents[0].data.tags["distilflow.final_state"] == "FAILED"

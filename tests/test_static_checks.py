@@ -35,6 +35,9 @@ BAD = ROOT / "tests" / "fixtures" / "bad"
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.cuda"]
 OVERLAYS = sorted(p.parent for p in (ROOT / "manifests" / "overlays").glob("*/kustomization.yaml"))
 K8S = KubernetesConfig()
+# Where each overlay puts what pipeline pods mount: KFP's namespace (standalone) or a profile's.
+POD_NAMESPACE = {"cpu-only": "kubeflow", "gpu-nvidia": "kubeflow", "kfp-standalone": "kubeflow",
+                 "kfp-profile": "kubeflow-user-example-com"}
 
 
 def tool(name: str) -> str:
@@ -113,7 +116,7 @@ def test_dockerignore_keeps_local_state_out():
 
 
 def test_expected_overlays_exist():
-    assert {p.name for p in OVERLAYS} >= {"gpu-nvidia", "cpu-only"}
+    assert {p.name for p in OVERLAYS} == set(POD_NAMESPACE)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -121,13 +124,22 @@ def test_overlay_builds_and_validates_strict(overlay, tmp_path):
     rendered = kustomize(overlay)
     proc = validate_strict(rendered, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    docs = resources(rendered)
-    assert all(d["metadata"].get("namespace") == "distilflow" for (kind, _), d in docs.items() if kind != "Namespace")
-    # The names the compiled pipeline mounts (components/lib/config.py KubernetesConfig defaults).
-    assert ("ConfigMap", K8S.mlflow_configmap) in docs
-    assert ("Secret", K8S.mlflow_secret) in docs
-    assert ("PersistentVolumeClaim", K8S.hf_cache_pvc) in docs
-    assert ("Namespace", "distilflow") in docs and ("ServiceAccount", "distilflow") in docs
+    docs = list(yaml.safe_load_all(rendered))
+    server = {"Namespace", "ServiceAccount", "Deployment", "Service"}  # the tracking server's own objects
+    pod_ns, where = POD_NAMESPACE[overlay.name], {}
+    for d in filter(None, docs):
+        where.setdefault((d["kind"], d["metadata"]["name"]), set()).add(d["metadata"].get("namespace"))
+        if d["kind"] in server:
+            assert d["kind"] == "Namespace" or d["metadata"]["namespace"] == "distilflow", d["metadata"]
+        else:
+            assert d["metadata"]["namespace"] in {pod_ns, "distilflow"}, d["metadata"]
+    # The names the compiled pipeline mounts (KubernetesConfig defaults), in the pods' namespace
+    # (tests/test_manifest_namespaces.py checks them against the compiled spec itself).
+    for key in (("ConfigMap", K8S.mlflow_configmap), ("Secret", K8S.mlflow_secret),
+                ("PersistentVolumeClaim", K8S.hf_cache_pvc), ("Job", "distilflow-smoke-test")):
+        assert pod_ns in where.get(key, set()), key
+    if overlay.name in ("cpu-only", "gpu-nvidia"):  # the standalone stacks bring the tracking server
+        assert ("Namespace", "distilflow") in where and ("Deployment", "distilflow-mlflow") in where
 
 
 def test_broken_manifest_is_rejected_by_strict_validation(tmp_path):

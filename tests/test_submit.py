@@ -1,5 +1,7 @@
 """`distilflow submit` against a fake KFP REST API on 127.0.0.1 (an http.server in a thread that
-answers the v2beta1 endpoints kfp.Client uses), and its one-line errors."""
+answers the v2beta1 endpoints kfp.Client uses, checks credentials and namespaces the way a
+multi-user Kubeflow does, and walks a run through its states), and its one-line errors.
+tests/test_submit_auth.py holds the credential, namespace and --wait cases."""
 
 from __future__ import annotations
 
@@ -14,14 +16,25 @@ import pytest
 import yaml
 
 import pipeline
+from components import cluster
 from components.lib.config import DEFAULT_CONFIG, load_config
 
 
 class FakeKFP(BaseHTTPRequestHandler):
-    """Records every request; `fail` maps a path prefix to an HTTP status to answer instead."""
+    """Records every request; `fail` maps a path prefix to an HTTP status to answer instead.
+
+    auth: header -> value every request must carry (else 401, or a 302 to a login page when
+    `login_redirect`); multi_user + namespaces: experiments calls for another namespace get 403;
+    run_states: successive answers of GET /runs/{id}, each {"state": ..., "tasks": {name: state}}."""
 
     requests: list[tuple[str, str, dict | None]] = []
     fail: dict[str, int] = {}
+    auth: dict[str, str] = {}
+    login_redirect = False
+    multi_user = False
+    namespaces: set[str] = set()
+    run_states: list[dict] = []
+    seen_headers: list[dict[str, str]] = []
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -38,12 +51,28 @@ class FakeKFP(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         self.requests.append((method, self.path, body))
+        self.seen_headers.append({k.lower(): v for k, v in self.headers.items()})
         path = urlparse(self.path).path
         for prefix, status in self.fail.items():
             if path.startswith(prefix):
                 return self._reply(status, {"error_message": "boom", "code": 13})
+        if any(self.headers.get(h) != v for h, v in self.auth.items()):
+            if self.login_redirect:
+                self.send_response(302)
+                self.send_header("Location", "/dex/auth?client_id=kubeflow-oidc-authservice")
+                self.end_headers()
+                return None
+            return self._reply(401, {"error_message": "Unauthenticated: missing or invalid token", "code": 16})
+        namespace = (parse_qs(urlparse(self.path).query).get("namespace") or [None])[0] or (body or {}).get("namespace")
+        if self.multi_user and path.startswith("/apis/v2beta1/experiments") and namespace not in self.namespaces:
+            return self._reply(403, {"error_message": f"PermissionDenied: not authorized in namespace '{namespace}'", "code": 7})
         if method == "GET" and path == "/apis/v2beta1/healthz":
-            return self._reply(200, {"multi_user": False, "pipeline_store": "database"})
+            return self._reply(200, {"multi_user": self.multi_user, "pipeline_store": "database"})
+        if method == "GET" and path.startswith("/apis/v2beta1/runs/") and self.run_states:
+            now = self.run_states.pop(0) if len(self.run_states) > 1 else self.run_states[0]
+            tasks = [{"task_id": f"t-{name}", "display_name": name, "state": state} for name, state in now["tasks"].items()]
+            return self._reply(200, {"run_id": path.rsplit("/", 1)[1], "state": now["state"],
+                                     "run_details": {"task_details": tasks}, "error": now.get("error")})
         if method == "GET" and path == "/apis/v2beta1/experiments":
             return self._reply(200, {"experiments": [], "total_size": 0})
         if method == "POST" and path == "/apis/v2beta1/experiments":
@@ -62,7 +91,8 @@ class FakeKFP(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def fake_kfp():
-    FakeKFP.requests, FakeKFP.fail = [], {}
+    FakeKFP.requests, FakeKFP.fail, FakeKFP.auth, FakeKFP.seen_headers = [], {}, {}, []
+    FakeKFP.login_redirect, FakeKFP.multi_user, FakeKFP.namespaces, FakeKFP.run_states = False, False, set(), []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKFP)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -87,7 +117,8 @@ def test_submit_posts_the_compiled_spec_and_config(fake_kfp, capsys):
 
     posted = {(m, urlparse(p).path): b for m, p, b in fake.requests}
     assert ("GET", "/apis/v2beta1/healthz") in posted
-    lookup = next(p for m, p, _ in fake.requests if m == "GET" and urlparse(p).path == "/apis/v2beta1/experiments")
+    lookup = next(p for m, p, _ in fake.requests if m == "GET" and urlparse(p).path == "/apis/v2beta1/experiments"
+                  and "filter" in parse_qs(urlparse(p).query))
     assert "nightly" in parse_qs(urlparse(lookup).query)["filter"][0]
     assert posted[("POST", "/apis/v2beta1/experiments")]["display_name"] == "nightly"
 
@@ -97,7 +128,7 @@ def test_submit_posts_the_compiled_spec_and_config(fake_kfp, capsys):
     assert submitted["student"]["hidden"] == 64 and submitted["transfer"]["num_shards"] == 2
     spec = run["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "distilflow-demo"
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     assert yaml.safe_load(loop["parameterIterator"]["items"]["raw"]) == [0, 1]
     assert tasks["finetune-teacher"]["dependentTasks"] == ["prepare-data"]
@@ -145,5 +176,5 @@ def test_submit_rejects_a_host_without_scheme(capsys):
 
 def test_submit_function_returns_run(fake_kfp):
     host, _ = fake_kfp
-    result = pipeline.submit(load_config(DEFAULT_CONFIG), host, run_name="x")
+    result = cluster.submit(load_config(DEFAULT_CONFIG), host, pipeline.compile_pipeline, run_name="x")
     assert result == {"run_id": "run-1234", "url": f"{host}/#/runs/details/run-1234", "run_name": "x"}

@@ -42,16 +42,16 @@ class LanguageSource(Strict):
     """One language of a multilingual token-classification set (data.languages)."""
 
     lang: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description="language code written to the lang column (da, pt, zh, ...)")
-    source: str = Field(..., description="this language's labeled train source: CoNLL/IOB file, datasets name or dir, JSONL/Parquet")
-    test_source: str | None = Field(None, description="this language's official test file (else the source's test split)")
+    source: str = Field(..., description="this language's labeled train source: CoNLL/IOB file, datasets name or dir, JSONL/Parquet (a path or an s3:// gs:// hf:// http(s):// URI)")
+    test_source: str | None = Field(None, description="this language's official test file, path or URI (else the source's test split)")
     dataset_config: str | None = Field(None, description="Hugging Face configuration of this language (e.g. wikiann: de)")
 
 
 class DataConfig(Strict):
     languages: list[LanguageSource] | None = Field(None, description="token classification: one labeled source per language, read into one set with a lang column; train_sentences/dev_sentences then apply per language and data.source is not read")
-    source: str = Field("demo:bbc-news", description="demo:bbc-news, demo:wnut16, a datasets name or dir, or a CSV/JSONL/Parquet/CoNLL file")
-    test_source: str | None = Field(None, description="file holding the official test split (else the source's 'test' split or a held-out one)")
-    unlabeled_source: str | None = Field(None, description="extra unlabeled file or dataset appended to the transfer set (demo:healthtweets: 63k English tweets, for NER)")
+    source: str = Field("demo:bbc-news", description="demo:bbc-news, demo:wnut16, a datasets name or dir, or a CSV/JSONL/Parquet/CoNLL file (a path or an s3:// gs:// hf:// http(s):// URI)")
+    test_source: str | None = Field(None, description="file (path or URI) holding the official test split (else the source's 'test' split or a held-out one)")
+    unlabeled_source: str | None = Field(None, description="extra unlabeled file (path or URI) or dataset appended to the transfer set (demo:healthtweets: 63k English tweets, for NER)")
     format: Literal["auto", "csv", "jsonl", "parquet", "hf", "conll"] = Field("auto", description="how to read file sources; auto guesses from the suffix (.conll/.iob/.bio/.txt: CoNLL)")
     dataset_config: str | None = Field(None, description="Hugging Face dataset configuration name")
     train_split: str = Field("train", description="split name holding the labeled training data")

@@ -6,7 +6,8 @@ blank lines.
                                     <- blank or whitespace-only line (WNUT-16 uses a lone TAB)
     -DOCSTART- -X- -X- O            <- document markers are skipped
 
-Files are read line by line (one sentence in memory at a time). A line with too few fields or
+Files are read line by line (one sentence in memory at a time); a remote URI (s3://, gs://, hf://,
+http(s)://) is copied to a local temporary file first (remote.py). A line with too few fields or
 bytes that are not valid in the encoding raise DataError naming the file and the 1-based line.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from components.lib import remote
 from components.lib.data import atomic_path
 from components.lib.errors import DataError, UserError
 
@@ -58,6 +60,10 @@ def iter_conll(
     plain CoNLL a word may start with # (a hashtag in WNUT-16). tabs: fields are separated by tabs
     only, so a word may hold a space (CoNLL-U: Portuguese "34 470"); else by any whitespace."""
     where = where or str(path)
+    if remote.is_remote(str(path)):
+        with remote.local_copy(str(path)) as copy:
+            yield from iter_conll(copy, token_field, tag_field, where, encoding, digest, comments, tabs)
+        return
     need = _min_fields(token_field, tag_field)
     words: list[str] = []
     tags: list[str] = []

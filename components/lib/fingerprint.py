@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from components.lib.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PROJECT_ROOT, PipelineConfig
+from components.lib.remote import is_remote, stat_digest
 
 _CODE_GLOBS = ("components/**/*.py", "pipeline.py")
 
@@ -61,6 +62,8 @@ def ref_digest(ref: str | None, cfg: PipelineConfig) -> str:
         h.update(_registry_version(ref, cfg).encode())
     elif ref.startswith(("runs:/", "mlflow-artifacts:/")):
         pass  # immutable: a run's artifacts do not change under the same URI
+    elif is_remote(ref):
+        h.update(stat_digest(ref).encode())  # size + mtime / ETag of the object now
     elif Path(ref).expanduser().exists():
         _hash_tree(h, Path(ref).expanduser())
     # else a hub name: offline here, so its local snapshot is fixed; the name is the key
@@ -90,7 +93,9 @@ def _registry_version(ref: str, cfg: PipelineConfig) -> str:
 def cache_salts(cfg: PipelineConfig) -> dict[str, str]:
     """Step name -> salt for DISTILFLOW_CACHE_SALT."""
     code = code_digest()
-    data = "|".join(ref_digest(r, cfg) for r in (cfg.data.source, cfg.data.test_source, cfg.data.unlabeled_source))
+    langs = [r for ls in cfg.data.languages or [] for r in (ls.source, ls.test_source)]
+    refs = (cfg.data.source, cfg.data.test_source, cfg.data.unlabeled_source, *langs)
+    data = "|".join(ref_digest(r, cfg) for r in refs)
     salts = {
         "prepare-data": data,
         "finetune-teacher": ref_digest(cfg.teacher.model, cfg),
@@ -99,3 +104,19 @@ def cache_salts(cfg: PipelineConfig) -> dict[str, str]:
     steps = ("prepare-data", "finetune-teacher", "pseudo-label-transfer-set", "merge-pseudo-labels",
              "distill-student", "evaluate", "export")
     return {step: hashlib.sha256(f"{code}|{salts.get(step, '')}".encode()).hexdigest()[:32] for step in steps}
+
+
+def project_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distilflow")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+def code_version(image: str) -> str:
+    """The `code_version` parameter every compiled step gets: KFP's cache key covers a task's
+    parameters, image and command but not the code inside the image, so a rebuilt image under the
+    same tag would reuse stale results without it. The digest covers components/ and pipeline.py."""
+    return f"distilflow {project_version()} code {code_digest()[:16]} image {image}"

@@ -1,5 +1,6 @@
 """Reading raw sources into plain frames: the packaged BBC News demo, Hugging Face `datasets`
-(hub names or local dirs) and CSV / JSONL / Parquet files.
+(hub names or local dirs) and CSV / JSONL / Parquet files, local or remote (s3://, gs://, hf://,
+http(s)://: see remote.py).
 
 Everything here is *raw_*: a frame with the source's text, label and id columns, untouched.
 prepare_data checks, cleans, dedupes and splits it. Errors name the file and column at fault.
@@ -17,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.lib import assets
+from components.lib import assets, remote
 from components.lib.data import sha256_file
 from components.lib.errors import DataError, UserError
 
@@ -57,13 +58,12 @@ def _format_of(spec: str, fmt: str) -> str | None:
     """The file format, or None when spec names a `datasets` source (a dir or hub name)."""
     if fmt == "hf":
         return None
-    suffix = Path(spec).suffix.lower()
+    suffix = remote.suffix(spec)
     if fmt != "auto":
         return fmt
     if suffix in SUFFIX_FORMAT:
         return SUFFIX_FORMAT[suffix]
-    path = Path(spec)
-    if path.is_file():
+    if remote.is_remote(spec) or Path(spec).is_file():
         raise DataError(f"{spec}: cannot tell the file format from suffix '{suffix}' (set data.format to csv, jsonl or parquet)")
     return None
 
@@ -80,12 +80,17 @@ def open_source(spec: str, fmt: str = "auto", dataset_config: str | None = None,
     file_format = _format_of(spec, fmt)
     if file_format is None:
         return read_hf(spec, dataset_config)
+    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[file_format]
+    if remote.is_remote(spec):
+        with remote.local_copy(spec) as copy:
+            frame = reader(copy, columns, spec)
+            prov = {"path": spec, "format": file_format, "sha256": sha256_file(copy), "rows": len(frame)}
+        return RawSource(spec, file_format, {"": frame}, provenance=prov)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: file not found")
     if path.is_dir():
         raise DataError(f"{spec}: expected a {file_format} file, found a directory")
-    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[file_format]
     frame = reader(path, columns)
     prov = {"path": spec, "format": file_format, "sha256": sha256_file(path), "rows": len(frame)}
     return RawSource(spec, file_format, {"": frame}, provenance=prov)
@@ -93,16 +98,16 @@ def open_source(spec: str, fmt: str = "auto", dataset_config: str | None = None,
 
 # ---------------------------------------------------------------- files
 
-def _read_csv(path: Path, columns: list[str] | None) -> pd.DataFrame:
+def _read_csv(path: Path, columns: list[str] | None, where: str | None = None) -> pd.DataFrame:
     # Only an empty field is missing: "NA" or "null" is a perfectly good review.
     try:
         return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",",
                            keep_default_na=False, na_values=[""], dtype={"id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
-        raise DataError(f"{path}: not a readable CSV file ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{where or path}: not a readable CSV file ({str(err).splitlines()[0]})") from None
 
 
-def _read_jsonl(path: Path, columns: list[str] | None) -> pd.DataFrame:
+def _read_jsonl(path: Path, columns: list[str] | None, where: str | None = None) -> pd.DataFrame:
     # dtype=False: a text such as "123" or "2020-01-01" stays a string.
     attempts = [True, False] if path.suffix.lower() == ".json" else [True]
     err: Exception | None = None
@@ -111,16 +116,16 @@ def _read_jsonl(path: Path, columns: list[str] | None) -> pd.DataFrame:
             return pd.read_json(path, lines=lines, dtype=False, convert_dates=False)
         except (ValueError, UnicodeDecodeError, OSError) as e:
             err = e
-    raise DataError(f"{path}: not readable as JSON lines ({str(err).splitlines()[0]})") from None
+    raise DataError(f"{where or path}: not readable as JSON lines ({str(err).splitlines()[0]})") from None
 
 
-def _read_parquet(path: Path, columns: list[str] | None) -> pd.DataFrame:
+def _read_parquet(path: Path, columns: list[str] | None, where: str | None = None) -> pd.DataFrame:
     try:
         schema = pq.read_schema(path)
         wanted = [c for c in (columns or schema.names) if c in schema.names]
         table = pq.read_table(path, columns=wanted)
     except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{where or path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     return table.to_pandas()
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from components.lib import conll, tokens
+from components.lib import conll, remote, tokens
 from components.lib.config import DataConfig
 from components.lib.errors import DataError, UserError
 from components.lib.ingest import SUFFIX_FORMAT, open_source, unlabeled_split
@@ -56,7 +56,7 @@ class RawSentences:
 
 
 def _is_conll(spec: str, fmt: str) -> bool:
-    suffix = Path(spec).suffix.lower()
+    suffix = remote.suffix(spec)
     if fmt == "conll":  # a table file named .jsonl/.parquet/... is still read as a table
         return suffix not in SUFFIX_FORMAT or suffix == ".tsv"
     return fmt == "auto" and suffix in CONLL_SUFFIXES
@@ -73,7 +73,7 @@ def wnut16_path() -> Path:
     return path
 
 
-def read_conll_sentences(path: Path, where: str, prefix: str, token_field: int, tag_field: int | None,
+def read_conll_sentences(path: Path | str, where: str, prefix: str, token_field: int, tag_field: int | None,
                          comments: bool = False, tabs: bool = False) -> RawSentences:
     digest = hashlib.sha256()
     sents = list(conll.iter_conll(path, token_field, tag_field, where=where, digest=digest, comments=comments, tabs=tabs))
@@ -168,7 +168,7 @@ def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
     elif dc.source.startswith("demo:"):
         raise UserError(f"data source '{dc.source}': not a token-classification demo (available: {DEMO})")
     elif _is_conll(dc.source, dc.format):
-        train = read_conll_sentences(Path(dc.source), dc.source, "train/", *fields)
+        train = read_conll_sentences(dc.source, dc.source, "train/", *fields)
     else:
         src = open_source(dc.source, dc.format, dc.dataset_config, [dc.tokens_column, dc.tags_column, dc.lang_column, "id"])
         where, raw = src.split(dc.train_split, "train")
@@ -181,7 +181,7 @@ def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
     if not dc.test_source:
         return train, None
     if _is_conll(dc.test_source, dc.format):
-        return train, read_conll_sentences(Path(dc.test_source), dc.test_source, "test/", *fields)
+        return train, read_conll_sentences(dc.test_source, dc.test_source, "test/", *fields)
     tsrc = open_source(dc.test_source, dc.format, dc.dataset_config, [dc.tokens_column, dc.tags_column, dc.lang_column, "id"])
     where, raw = tsrc.split(dc.test_split or "test", "test")
     return train, table_sentences(raw, where, "test/", dc, True, tsrc.sequence_class_names.get(dc.tags_column), tsrc.provenance)
@@ -199,7 +199,7 @@ def load_unlabeled(dc: DataConfig) -> RawSentences:
         return table_sentences(raw, f"{path}:healthtweets.csv", "unsup/", dc, False, None,
                                {"source": spec, "file": str(path), "rows": len(raw)})
     if _is_conll(spec, dc.format):
-        return read_conll_sentences(Path(spec), spec, "unsup/", dc.conll_token_field, None, dc.conll_comments,
+        return read_conll_sentences(spec, spec, "unsup/", dc.conll_token_field, None, dc.conll_comments,
                                     dc.conll_delimiter == "tab")
     fmt = "auto" if dc.format == "conll" else dc.format
     usrc = open_source(spec, fmt, dc.dataset_config, [dc.tokens_column, dc.unlabeled_text_column, dc.lang_column, "id"])
@@ -232,5 +232,5 @@ def load_languages(dc: DataConfig) -> list[tuple[str, RawSentences, RawSentences
 
 
 def _is_local(spec: str) -> bool:
-    """A path on this machine (a suffix or a separator), not a datasets name such as wikiann."""
-    return bool(Path(spec).suffix) or spec.startswith((".", "/", "~"))
+    """A path on this machine (a suffix or a separator), not a datasets name such as wikiann or a URI."""
+    return not remote.is_remote(spec) and (bool(Path(spec).suffix) or spec.startswith((".", "/", "~")))
