@@ -8,6 +8,7 @@ live in tests/helpers.py (``from tests.helpers import ...``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -32,6 +33,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Code under test may call logging.basicConfig(force=True) (the kfp component bodies do, as a
+    fresh executor process should); its handler holds this test's captured stderr, which is closed
+    afterwards, so every later log record would print a 'Logging error' into another test's output."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 @pytest.fixture(scope="session")
 def packaged_teacher_dir() -> Path:
