@@ -107,8 +107,10 @@ def _ner_card_lines(card: dict[str, Any] | None, label_names: Sequence[str]) -> 
     card = card or {}
     conf = card.get("config") or {}
     rows = card.get("rows") or {}
+    langs = conf.get("languages")  # data.languages: data.source is not read
+    data = ", ".join(f"{ls['lang']} `{ls['source']}`" for ls in langs) if langs else f"`{conf.get('source', 'unknown')}`"
     return [
-        f"- Data: `{conf.get('source', 'unknown')}`; tags: {', '.join(card.get('label_names') or label_names)}",
+        f"- Data: {data}; tags: {', '.join(card.get('label_names') or label_names)}",
         f"- Labeled sentences: {_fmt(rows.get('train'))} train, {_fmt(rows.get('dev'))} dev; transfer set: "
         f"{_fmt(rows.get('transfer'))} unlabeled sentences",
     ]
