@@ -17,6 +17,7 @@ parent run FINISHED or FAILED whatever happens to them. Each step's `code_versio
 """
 
 import argparse
+import builtins
 import contextlib
 import json
 import logging
@@ -247,6 +248,9 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
     root.setLevel(logging.INFO)  # kfp.local logs its cache hits at INFO on the root logger
     start = time.perf_counter()
     ok = False
+    # kfp.local indents print() by swapping builtins.print per task; tasks running in parallel
+    # threads can restore each other's swap and leave it indented for the rest of the process.
+    print_fn = builtins.print
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -259,6 +263,7 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
         why = _TaskLog._ansi.sub("", str(err)).splitlines()[0]
         raise UserError(f"pipeline {cfg.name} failed: {why} (its log is above)") from None
     finally:
+        builtins.print = print_fn
         root.removeFilter(task_log)
         root.setLevel(level)
         if parent and not ok:

@@ -26,7 +26,11 @@ def test_multilingual_dag_under_kfp_local(tmp_path, monkeypatch, tiny_bert_dir, 
     monkeypatch.setattr(fingerprint, "code_digest", lambda root=None: "pinned-for-this-test")
     cfg = load_config(TINY)
     assert [ls.lang for ls in cfg.data.languages] == list(LANGS)
+    import builtins
+
+    print_before = builtins.print
     pipeline.run_local(cfg)
+    assert builtins.print is print_before  # kfp.local's per-task print indentation does not leak
     work = tmp_path / "work"
     assert "entity-F1" in capsys.readouterr().out
 
