@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +269,20 @@ def test_bad_pseudo_inputs_are_one_line_errors(tmp_path, tiny_ner_dir, pseudo_di
                                              {"label_names": names}), other / "pseudo.parquet")
     with pytest.raises(DataError, match="do not match"):
         distill_student.run(make_cfg(tmp_path, tiny_ner_dir, other, tiny_bert_dir, "soft"))
+
+
+def test_teacher_tokenizer_of_an_mlflow_transformers_layout(tiny_bert_dir, tmp_path):
+    """A registered teacher (models:/NAME/N) downloads as model/ (config, weights) beside
+    components/tokenizer/: the student's vocabulary must come from that tokenizer, not an empty one."""
+    model = tmp_path / "teacher" / "model"
+    tok = tmp_path / "teacher" / "components" / "tokenizer"
+    model.mkdir(parents=True)
+    tok.mkdir(parents=True)
+    for f in tiny_bert_dir.iterdir():
+        shutil.copy2(f, (model if f.name in ("config.json", "model.safetensors") else tok) / f.name)
+    from transformers import AutoTokenizer
+
+    got = training.teacher_tokenizer(model)
+    want = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
+    assert got.get_vocab() == want.get_vocab() and len(got) > 1000
+    assert got("alice met bob")["input_ids"] == want("alice met bob")["input_ids"]

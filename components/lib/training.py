@@ -237,9 +237,13 @@ def train_phases(
 # ---------------------------------------------------------------- set-up
 
 def teacher_tokenizer(teacher_path: Path):
+    """The teacher's tokenizer, also when the teacher is an MLflow transformers model (models:/...,
+    runs:/...), which keeps it apart from the weights in components/tokenizer/."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(teacher_path))
+    from components.lib.teacher import tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir(teacher_path)))
     if tokenizer.pad_token_id is None or tokenizer.unk_token_id is None:
         raise UserError(f"{teacher_path}: the teacher tokenizer needs pad and unk tokens (a WordPiece/BERT-like encoder)")
     return tokenizer
