@@ -216,9 +216,9 @@ def load_languages(dc: DataConfig) -> list[tuple[str, RawSentences, RawSentences
     for ls in dc.languages:
         one = dc.model_copy(update={"languages": None, "source": ls.source, "test_source": ls.test_source,
                                     "dataset_config": ls.dataset_config or dc.dataset_config})
-        if not ls.source.startswith("demo:") and _is_local(ls.source) and not Path(ls.source).exists():
+        if remote.is_local_path(ls.source) and not Path(ls.source).exists():
             raise DataError(f"{ls.source}: file not found (data.languages entry '{ls.lang}')")
-        if ls.test_source and _is_local(ls.test_source) and not Path(ls.test_source).exists():
+        if remote.is_local_path(ls.test_source) and not Path(ls.test_source).exists():
             raise DataError(f"{ls.test_source}: file not found (data.languages entry '{ls.lang}', test_source)")
         train, test = load_labeled(one)
         if test is None:
@@ -229,8 +229,3 @@ def load_languages(dc: DataConfig) -> list[tuple[str, RawSentences, RawSentences
             s.provenance["lang"] = ls.lang
         out.append((ls.lang, train, test))
     return out
-
-
-def _is_local(spec: str) -> bool:
-    """A path on this machine (a suffix or a separator), not a datasets name such as wikiann or a URI."""
-    return not remote.is_remote(spec) and (bool(Path(spec).suffix) or spec.startswith((".", "/", "~")))
