@@ -90,7 +90,7 @@ def _section(cfg, name: str) -> dict:
     return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items() if k not in _IRRELEVANT}
 
 
-def step_keys(cfg, test_rows: int | None, modes: list[str]) -> dict[str, dict]:
+def step_keys(cfg, test_rows: int | None, modes: list[str], test_exclude: int = 0) -> dict[str, dict]:
     """What each step's result depends on; a step's key includes its inputs' keys."""
     prepare = {"data": _section(cfg, "data"), "task": cfg.task.value}
     teacher = {**prepare, "teacher": _section(cfg, "teacher")}
@@ -100,7 +100,7 @@ def step_keys(cfg, test_rows: int | None, modes: list[str]) -> dict[str, dict]:
     for mode in modes:
         keys[f"distill-{KEY[mode]}"] = {**pseudo, "student": student, "mode": mode}
     keys["evaluate"] = {**pseudo, "student": student, "modes": modes, "evaluate": _section(cfg, "evaluate"),
-                        "test_rows": test_rows}
+                        "test_rows": test_rows, **({"test_exclude": test_exclude} if test_exclude else {})}
     return keys
 
 
@@ -132,25 +132,38 @@ def run_unit(marker: Path, key: dict, label: str, fn: Callable[[], Any]) -> dict
     return {**record, "skipped": False}
 
 
-def subsample_test(src: Path, dst: Path, rows: int) -> Path:
+def _stratified(labels: np.ndarray, candidates: np.ndarray, rows: int, rng: np.random.Generator) -> list[int]:
+    keep: list[int] = []
+    classes = np.unique(labels)
+    for i, c in enumerate(classes):
+        idx = candidates[labels[candidates] == c]
+        n = rows // len(classes) + (1 if i < rows % len(classes) else 0)
+        keep += rng.choice(idx, size=min(n, len(idx)), replace=False).tolist()
+    return keep
+
+
+def subsample_test(src: Path, dst: Path, rows: int, exclude: int = 0) -> Path:
     """A stratified, fixed (seed 0) subsample of the prepared test split as an evaluate data dir.
-    The official test split is identical for every seed, so every unit gets the same subsample."""
+    The official test split is identical for every seed, so every unit gets the same subsample.
+    exclude > 0 first drops the seed-0 subsample of that size (the one `rows=exclude` would give),
+    so a table can be measured on reviews its settings were never chosen on."""
     from components.lib import data
 
     test = data.read_labeled(src / "test.parquet")
     labels = np.asarray(test.table.column("label").to_numpy())
-    if rows >= len(labels):
+    everything = np.arange(len(labels))
+    if rows >= len(labels) - exclude:
+        if exclude:
+            raise SystemExit(f"--test-rows {rows} + --test-exclude {exclude} exceed the {len(labels)} test rows")
         return src
-    rng = np.random.default_rng(0)
-    keep: list[int] = []
-    classes = np.unique(labels)
-    for i, c in enumerate(classes):
-        idx = np.flatnonzero(labels == c)
-        n = rows // len(classes) + (1 if i < rows % len(classes) else 0)
-        keep += rng.choice(idx, size=min(n, len(idx)), replace=False).tolist()
+    candidates = everything
+    if exclude:
+        seen = _stratified(labels, everything, exclude, np.random.default_rng(0))
+        candidates = np.setdiff1d(everything, seen)
+    keep = _stratified(labels, candidates, rows, np.random.default_rng(0))
     sub = test.table.take(sorted(keep))
     card = json.loads((src / "data_card.json").read_text())
-    card["test_subsample"] = {"rows": len(sub), "of": len(labels), "seed": 0, "stratified": True}
+    card["test_subsample"] = {"rows": len(sub), "of": len(labels), "seed": 0, "stratified": True, "excluded": exclude}
     with data.atomic_dir(dst) as tmp:
         data.write_table(sub, tmp / "test.parquet")
         data.write_json(tmp / "data_card.json", card)
@@ -180,7 +193,7 @@ def run_budget_seed(base, args, budget: int, seed: int, work: Path, modes: list[
 
     unit_dir = work / f"b{budget}" / f"s{seed}"
     cfg, overrides = unit_config(base, args, budget, seed, unit_dir)
-    keys = step_keys(cfg, args.test_rows, modes)
+    keys = step_keys(cfg, args.test_rows, modes, args.test_exclude or 0)
     if (parent := parent_run(cfg, unit_dir, budget, seed)) is not None:
         cfg = cfg.with_overrides({"tracking.parent_run_id": parent})
     done = unit_dir / "done"
@@ -201,7 +214,7 @@ def run_budget_seed(base, args, budget: int, seed: int, work: Path, modes: list[
     def evaluate_all():
         ecfg = cfg
         if args.test_rows:
-            eval_data = subsample_test(cfg.data_dir, unit_dir / "eval_data", args.test_rows)
+            eval_data = subsample_test(cfg.data_dir, unit_dir / "eval_data", args.test_rows, args.test_exclude or 0)
             ecfg = cfg.with_overrides({"data.output_dir": str(eval_data)})
         dirs = {m: cfg.student_dir(StudentMode(m)) for m in modes}
         result = evaluate.run(ecfg, student_dirs=dirs)
@@ -305,6 +318,20 @@ def wall_by_step(units: list[dict]) -> dict[str, float]:
             out[name] = round(out.get(name, 0.0) + rec["wall_s"], 1)
     out["distill-student (all modes)"] = round(sum(v for k, v in out.items() if k.startswith("distill-")), 1)
     return out
+
+
+def code_version() -> str | None:
+    """The git commit the benchmark ran from (+ '-dirty' with uncommitted changes), if in a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
 
 
 def machine(reports: list[dict]) -> dict:
