@@ -2,7 +2,9 @@
 
 The embedded default is a sqlite store in the run's work_dir (``mlflow.db`` + ``mlartifacts/``);
 ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` point at a shared server instead. A step nests
-under ``tracking.parent_run_id`` when the pipeline set one, and tags the KFP run id.
+under ``tracking.parent_run_id`` when the pipeline set one, and tags the KFP run id. A server
+is probed once per process before first use (check_server), so a down or failing one costs
+seconds and one line, not MLflow's minutes of retries and a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,100 @@ def tracking_uri(cfg: PipelineConfig) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(cfg.work_dir).resolve() / 'mlflow.db'}"
+
+
+# ---------------------------------------------------------------- is the server there?
+
+PROBE_SECONDS = 15.0  # the whole probe, retries included
+PROBE_DELAYS = (1.0, 2.0, 4.0)  # between tries, while a server may be (re)starting
+_REACHED: set[str] = set()  # URIs that answered once in this process: probed no more
+
+
+def check_server(uri: str) -> None:
+    """Raise a one-line UserError unless the http(s) tracking server at uri answers a cheap call.
+
+    MLflow's own client retries 7 times with backoff (~4 minutes) and 500 counts as transient,
+    so each try here runs with its retries off and a short timeout, and the loop bounds the total.
+    """
+    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
+        return
+    import mlflow
+
+    start, tries, delays = time.monotonic(), 0, iter(PROBE_DELAYS)
+    while True:
+        tries += 1
+        left = PROBE_SECONDS - (time.monotonic() - start)
+        try:
+            with _scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, min(5, int(left))))):
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+            _REACHED.add(uri)
+            return
+        except Exception as err:  # MlflowException wrapping requests' errors; classified below
+            transient, why = _probe_failure(err)
+        spent, delay = time.monotonic() - start, next(delays, None)
+        if not transient or delay is None or spent + delay >= PROBE_SECONDS:
+            break
+        log.debug("MLflow at %s: %s; retrying in %.0fs", uri, why, delay)
+        time.sleep(delay)
+    where = f"MLflow tracking server {_redacted(uri)}"
+    if transient:
+        state, fix = ("failing", "see its log") if why.startswith("HTTP") else ("unreachable", "start it")
+        raise UserError(f"{where} {state} ({why}; {tries} tries in {spent:.0f}s): {fix}, "
+                        "set tracking.uri / MLFLOW_TRACKING_URI, or tracking.enabled=false")
+    if why in ("HTTP 401", "HTTP 403"):
+        raise UserError(f"{where} refused the request ({why}): set MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, or tracking.enabled=false")
+    raise UserError(f"{where} failed a search-experiments call ({why}): check tracking.uri / "
+                    "MLFLOW_TRACKING_URI, or set tracking.enabled=false")
+
+
+def _probe_failure(err: Exception) -> tuple[bool, str]:
+    """(worth retrying, a few words): refused, timed out or 5xx are transient; 4xx and the rest are not."""
+    import requests
+
+    chain, cause = [], err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = {type(c).__name__ for c in chain}
+    if "ConnectionRefusedError" in names:
+        return True, "connection refused"
+    if names & {"ConnectTimeoutError", "ReadTimeoutError", "TimeoutError"} or any(isinstance(c, requests.Timeout) for c in chain):
+        return True, "no answer in time"
+    if "NameResolutionError" in names or "gaierror" in names:
+        return False, "host name not found"
+    if any(isinstance(c, requests.exceptions.SSLError) for c in chain):
+        return False, "TLS error"
+    if retried := [c for c in chain if type(c).__name__ == "ResponseError"]:  # urllib3: too many 5xx/429
+        codes = [w for w in str(retried[0]).split() if w.isdigit()]
+        return True, f"HTTP {codes[0]}" if codes else "error responses"
+    if any(isinstance(c, requests.ConnectionError) for c in chain):
+        return True, "connection failed"
+    status = getattr(err, "get_http_status_code", lambda: None)()
+    if isinstance(status, int) and status != 500:  # MLflow maps an error without a status to 500
+        return status >= 500, f"HTTP {status}"
+    return False, str(err).splitlines()[0][:200]
+
+
+def _redacted(uri: str) -> str:
+    """The URI without user:password@, fit for an error message."""
+    scheme, sep, rest = uri.partition("://")
+    host, at, path = rest.partition("@")
+    return f"{scheme}{sep}***@{path}" if at and "/" not in host else uri
+
+
+@contextlib.contextmanager
+def _scoped_env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _artifact_location(cfg: PipelineConfig, uri: str) -> str | None:
@@ -54,6 +151,7 @@ def ensure_experiment(cfg: PipelineConfig) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
+    check_server(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -192,6 +290,7 @@ def resolve_model_ref(ref: str | Path, cfg: PipelineConfig) -> Path | str:
     if ref.startswith(MODEL_URI_SCHEMES):
         import mlflow
 
+        check_server(tracking_uri(cfg))
         # runs:/<id>/<name> of an MLflow 3 logged model is fetched through a models:/ repo that
         # reads the *global* tracking URI, so set it too (else the download finds nothing).
         mlflow.set_tracking_uri(tracking_uri(cfg))
