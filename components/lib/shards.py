@@ -1,6 +1,7 @@
 """Sharded, resumable Parquet writing for the pseudo-label step, both contracts: row ranges per
 shard, chunk fingerprints (same fingerprint, same bytes), streaming writes with fixed row groups,
-and the merge that checks every transfer id appears exactly once, in transfer order.
+and the merge that checks every transfer id appears exactly once, in transfer order (and every
+row's values, as a read does: lib/data.py's check_pseudo_values).
 """
 
 from __future__ import annotations
@@ -46,12 +47,17 @@ def shard_file(pseudo_dir: Path, index: int, num_shards: int) -> Path:
     return Path(pseudo_dir) / "shards" / f"shard-{index:05d}-of-{num_shards:05d}.parquet"
 
 
-def fingerprint(meta: dict, cfg: PipelineConfig, transfer_path: Path, start: int, stop: int, total: int) -> str:
-    """Everything that changes a stored number or a row: same fingerprint, same bytes."""
+def fingerprint(meta: dict, cfg: PipelineConfig, transfer_path: Path, start: int, stop: int, total: int,
+                device: str, dtype: str) -> str:
+    """Everything that changes a stored number or a row: same fingerprint, same bytes. `device`
+    (cpu, cuda, mps) and `dtype` (the teacher's compute dtype there, e.g. bfloat16 under CUDA
+    autocast) are part of it, so a retry on another kind of machine rescores rather than mixing
+    chunks of two precisions in one shard."""
     tc = cfg.transfer
     st = transfer_path.stat()
     key = {**meta, "batch_size": tc.batch_size, "sort_window": tc.sort_window, "chunk_rows": tc.chunk_rows,
-           "row_group_rows": cfg.data.row_group_rows, "rows": [start, stop], "transfer": [st.st_size, total]}
+           "row_group_rows": cfg.data.row_group_rows, "rows": [start, stop], "transfer": [st.st_size, total],
+           "device": device, "compute_dtype": dtype}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -198,6 +204,7 @@ def merge(shard_files: list[Path], transfer_path: Path, out_path: Path, row_grou
             raise DataError(f"{f}: columns {schema_f.names} differ from {base_file}'s {base_schema.names}")
     metas.sort(key=lambda m: (m[0].get("row_start", 0), str(m[2])))
     ordered = [f for _, _, f in metas]
+    meta_of = {f: m for m, _, f in metas}
     out_meta = {k: v for k, v in base.items() if k not in SHARD_KEYS + ("num_labels", "repr_dim")}
     counts = {k: sum(int(m.get(k) or 0) for m, _, _ in metas) for k in COUNT_KEYS if k in base}
     out_meta.update(counts)
@@ -209,11 +216,14 @@ def merge(shard_files: list[Path], transfer_path: Path, out_path: Path, row_grou
         got = 0
         for f in ordered:
             pf = pq.ParquetFile(f)
+            row = 0
             for rg in range(pf.num_row_groups):
                 part = pf.read_row_group(rg)
                 want = ids.take(len(part)).cast(pa.string())
                 if not part.column("id").combine_chunks().cast(pa.string()).equals(want):
                     raise DataError(f"{f}: ids do not line up with {transfer_path}: {_diagnose(ordered, transfer_path)}")
+                data.check_pseudo_values(part, f, meta_of[f], row0=row)
+                row += len(part)
                 got += len(part)
                 yield part
         if got != expected_rows:

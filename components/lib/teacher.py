@@ -34,6 +34,18 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def autocast_args(device: torch.device) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of the autocast scoring runs under on `device`: bf16 (else fp16) on CUDA, off elsewhere."""
+    use_amp = device.type == "cuda"
+    return use_amp, (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def compute_dtype(model: torch.nn.Module, device: torch.device) -> str:
+    """The dtype the teacher computes in on `device` (e.g. 'bfloat16', 'float32'): part of what a stored score depends on."""
+    use_amp, amp_dtype = autocast_args(device)
+    return str(amp_dtype if use_amp else next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def tokenizer_dir(model_dir: str | Path) -> Path | str:
     """Where the tokenizer lives: beside the weights, or in an MLflow transformers model's
     components/tokenizer/ (mlflow.transformers keeps it apart from model/)."""
@@ -195,8 +207,7 @@ def score(
         raise UserError(f"layer {layer} out of range for a model with {n_layers - 1} layers (-{n_layers}..{n_layers - 1})")
     enc, lengths = token_lengths(tokenizer, texts, max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp, amp_dtype = autocast_args(device)
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size):
             feats = [{k: enc[k][i] for k in keys} for i in idx]
@@ -246,8 +257,7 @@ def score_words(
     enc = encode_words(tokenizer, sentences, max_length)
     lengths = np.fromiter((len(x) for x in enc.input_ids), dtype=np.int64, count=n)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp, amp_dtype = autocast_args(device)
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size):
             t = int(lengths[idx].max())

@@ -8,8 +8,10 @@
 
 Every per-word list has one entry per word of `tokens` (the teacher's value at the word's
 first sub-piece). Pseudo rows keep only the words the teacher saw: `tokens` is cut to the
-words inside transfer.max_length, so every list in a row has the same length. The file-level
-machinery (atomic writes, metadata, row-group streaming) is lib/data.py's.
+words inside transfer.max_length, so every list in a row has the same length. Pseudo tables are
+checked on read as lib/data.py's: tags in [0, C), logits and representations finite, C and H
+matching the metadata's label_names and hidden_size. The file-level machinery (atomic writes,
+metadata, row-group streaming, those value checks) is lib/data.py's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.lib.data import (
+    check_pseudo_values,
+    check_widths,
     label_names_meta,
     open_parquet,
     read_metadata,
@@ -255,6 +259,7 @@ def check_token_pseudo_schema(schema: pa.Schema, path: str | Path) -> dict[str, 
     meta = read_metadata(schema)
     meta["num_labels"] = inner("teacher_logits", pa.float32(), "C")
     meta["repr_dim"] = inner("teacher_repr", pa.float16(), "H") if "teacher_repr" in schema.names else None
+    check_widths(meta, path)
     return meta
 
 
@@ -264,6 +269,7 @@ def read_token_pseudo(path: str | Path, columns: list[str] | None = None) -> tup
     if columns and "teacher_repr" in columns and meta["repr_dim"] is None:
         raise DataError(f"{path}: column 'teacher_repr' missing (run pseudo-labelling with transfer.keep_repr=true)")
     table = pf.read(columns=columns)
+    check_pseudo_values(table, path, meta)  # tags in range, logits and representations finite
     return table, meta
 
 

@@ -18,7 +18,8 @@ Layout under cfg.pseudo_dir:
   shards/shard-{i:05d}-of-{n:05d}.parquet           this shard's rows, in transfer order
   pseudo.parquet                                    the merged table (num_shards == 1, or `merge`)
 A rerun (after kill -9) reuses every chunk whose fingerprint (teacher digest + every setting that
-changes a number) matches, and writes the same bytes an uninterrupted run writes.
+changes a number, the device type and the teacher's compute dtype there) matches, and writes the
+same bytes an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
     meta = task.describe({"teacher_digest": T.weights_digest(src, model), "layer": layer,
                           "pooling": tc.pooling if tc.keep_repr else None, "label_names": names,
                           "max_length": tc.max_length, "hidden_size": model.config.hidden_size})
-    key = fingerprint(meta, cfg, transfer_path, start, stop, total)
+    key = fingerprint(meta, cfg, transfer_path, start, stop, total, device=device.type, dtype=T.compute_dtype(model, device))
     shard_meta = {**meta, "shard_index": tc.shard_index, "num_shards": tc.num_shards, "row_start": start,
                   "row_stop": stop, "fingerprint": key}
     schema = task.schema(len(names), hidden, transfer_path)  # metadata (with any word counts) added below
