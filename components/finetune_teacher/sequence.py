@@ -6,7 +6,9 @@ evaluates on dev every epoch, stops early and keeps the best dev-accuracy epoch.
 Hugging Face model dir + tokenizer + metrics.json to cfg.teacher_dir, and logs the run and the
 model (an MLflow `transformers` model under `teacher`, so `runs:/<id>/teacher` is a model ref).
 With teacher.finetune=false the model is taken as already fine-tuned: its labels are checked
-against the data's, dev is scored, and it is saved as the output.
+against the data's, dev is scored, and it is saved as the output. The Trainer checkpoints every
+epoch beside the output (lib/finetune.checkpoint_dir); a killed run resumes from the last one when
+the settings, data and starting weights are the same, and the checkpoints go once the output is written.
 The Trainer set-up (fit), the finetune=false check, the output dir and the MLflow model logging
 are lib/finetune.py's, shared with token classification (finetune_teacher/tokens.py).
 """
@@ -14,7 +16,7 @@ are lib/finetune.py's, shared with token classification (finetune_teacher/tokens
 from __future__ import annotations
 
 import logging
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
@@ -29,9 +31,11 @@ from components.lib.errors import UserError
 from components.lib.finetune import (
     STEP,
     best_epoch,
+    checkpoint_dir,
     fit,
     load_finetuned,
     log_model,
+    run_fingerprint,
     save_teacher,
     set_threads,
 )
@@ -50,6 +54,7 @@ class FinetuneResult(BaseModel):
     best_epoch: int | None
     epochs_run: int
     train_examples_per_s: float | None
+    epochs_resumed: int = 0  # epochs a killed run had finished, restored from its checkpoint
     params: int
     seconds: float
     mlflow_run_id: str | None
@@ -62,8 +67,8 @@ def _dev_accuracy(model, tokenizer, dev: data.Labeled, cfg: PipelineConfig) -> f
     return float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
 
 
-def _train(cfg: PipelineConfig, model, tokenizer, train: data.Labeled, dev: data.Labeled, ckpt_dir: Path):
-    """Sequence classification: (trainer, per-epoch history, train examples/s)."""
+def _train(cfg: PipelineConfig, model, tokenizer, train: data.Labeled, dev: data.Labeled, ckpt_dir: Path, fingerprint: str):
+    """Sequence classification: (trainer, per-epoch history, train examples/s, epochs resumed)."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
@@ -76,7 +81,7 @@ def _train(cfg: PipelineConfig, model, tokenizer, train: data.Labeled, dev: data
         return {"accuracy": float((np.asarray(logits).argmax(-1) == pred.label_ids).mean())}
 
     return fit(cfg, model, tokenizer, encode(train), encode(dev), DataCollatorWithPadding(tokenizer), accuracy,
-               ("accuracy",), ckpt_dir)
+               ("accuracy",), ckpt_dir, fingerprint)
 
 
 def run(cfg: PipelineConfig) -> FinetuneResult:
@@ -95,23 +100,25 @@ def run(cfg: PipelineConfig) -> FinetuneResult:
                        "label_names": names})
         history: dict[int, dict[str, float]] = {}
         ex_per_s: float | None = None
+        resumed = 0
         is_main = True
-        with tempfile.TemporaryDirectory(prefix="distilflow-teacher-ckpt-") as ckpt:
-            if tc.finetune:
-                # Seed before the fresh classifier head is initialised: Trainer seeds only later,
-                # so without this two runs with the same seed start from different heads.
-                set_seed(tc.seed)
-                model, tokenizer = T.load_teacher(src, label_names=names)
-                log.info("fine-tuning %s (%.1fM params) on %d examples, dev %d", tc.model,
-                         count_parameters(model) / 1e6, len(train.table), len(dev.table))
-                trainer, history, ex_per_s = _train(cfg, model, tokenizer, train, dev, Path(ckpt))
-                model = trainer.model
-                is_main = trainer.is_world_process_zero()
-            else:
-                model, tokenizer = load_finetuned(src, tc.model, names)
+        ckpt = checkpoint_dir(cfg.teacher_dir)
+        if tc.finetune:
+            # Seed before the fresh classifier head is initialised: Trainer seeds only later,
+            # so without this two runs with the same seed start from different heads.
+            set_seed(tc.seed)
+            model, tokenizer = T.load_teacher(src, label_names=names)
+            log.info("fine-tuning %s (%.1fM params) on %d examples, dev %d", tc.model,
+                     count_parameters(model) / 1e6, len(train.table), len(dev.table))
+            fingerprint = run_fingerprint(cfg, [cfg.data_dir / "train.parquet", cfg.data_dir / "dev.parquet"], src, model)
+            trainer, history, ex_per_s, resumed = _train(cfg, model, tokenizer, train, dev, ckpt, fingerprint)
+            model = trainer.model
+            is_main = trainer.is_world_process_zero()
+        else:
+            model, tokenizer = load_finetuned(src, tc.model, names)
         if not is_main:  # other torchrun ranks: rank 0 writes the output and logs
             return FinetuneResult(teacher_dir=str(cfg.teacher_dir), label_names=names, dev_accuracy=float("nan"),
-                                  best_epoch=None, epochs_run=len(history), train_examples_per_s=ex_per_s,
+                                  best_epoch=None, epochs_run=len(history), epochs_resumed=resumed, train_examples_per_s=ex_per_s,
                                   params=count_parameters(model), seconds=time.perf_counter() - t0,
                                   mlflow_run_id=None, model_uri=None)
         model.eval()
@@ -132,6 +139,7 @@ def run(cfg: PipelineConfig) -> FinetuneResult:
             "source": tc.model,
         }
         save_teacher(cfg.teacher_dir, model, tokenizer, metrics)
+        shutil.rmtree(ckpt, ignore_errors=True)  # the output is complete: nothing to resume
         log.info("teacher: dev accuracy %.4f (best epoch %s of %d), %.1f train examples/s, %.0f s -> %s",
                  dev_acc, best, len(history), ex_per_s or 0.0, seconds, cfg.teacher_dir)
 
@@ -144,6 +152,6 @@ def run(cfg: PipelineConfig) -> FinetuneResult:
             tr.log_artifacts(cfg.teacher_dir, "teacher_dir")
             model_uri = log_model(tr, model, tokenizer, "text-classification", dev.table.column("text").to_pylist()[:2])
         return FinetuneResult(teacher_dir=str(cfg.teacher_dir), label_names=names, dev_accuracy=dev_acc, best_epoch=best,
-                              epochs_run=len(history), train_examples_per_s=ex_per_s, params=params, seconds=seconds,
+                              epochs_run=len(history), epochs_resumed=resumed, train_examples_per_s=ex_per_s, params=params, seconds=seconds,
                               mlflow_run_id=tr.run_id, model_uri=model_uri)
 

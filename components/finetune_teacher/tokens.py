@@ -13,7 +13,7 @@ differences:
 from __future__ import annotations
 
 import logging
-import tempfile
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +46,7 @@ class TokenFinetuneResult(BaseModel):
     best_epoch: int | None
     epochs_run: int
     train_examples_per_s: float | None  # sentences per second
+    epochs_resumed: int = 0  # epochs a killed run had finished, restored from its checkpoint
     params: int
     seconds: float
     mlflow_run_id: str | None
@@ -93,8 +94,9 @@ def dev_scores(model, tokenizer, dev: token_data.TokenLabeled, cfg: PipelineConf
     return ner_metrics.entity_scores(_gold(dev), pred)
 
 
-def _train(cfg: PipelineConfig, model, tokenizer, train: token_data.TokenLabeled, dev: token_data.TokenLabeled, ckpt_dir: Path):
-    """(trainer, per-epoch history with dev_f1/precision/recall, train sentences/s)."""
+def _train(cfg: PipelineConfig, model, tokenizer, train: token_data.TokenLabeled, dev: token_data.TokenLabeled, ckpt_dir: Path,
+           fingerprint: str):
+    """(trainer, per-epoch history with dev_f1/precision/recall, train sentences/s, epochs resumed)."""
     from transformers import DataCollatorForTokenClassification
 
     train_ds, train_enc = encode(tokenizer, train, cfg.teacher.max_length)
@@ -116,7 +118,7 @@ def _train(cfg: PipelineConfig, model, tokenizer, train: token_data.TokenLabeled
         return {m: scores[m] for m in DEV_METRICS}
 
     return F.fit(cfg, model, tokenizer, train_ds, dev_ds, DataCollatorForTokenClassification(tokenizer), entity_f1,
-                 DEV_METRICS, ckpt_dir, preprocess_logits=argmax)
+                 DEV_METRICS, ckpt_dir, fingerprint, preprocess_logits=argmax)
 
 
 def run(cfg: PipelineConfig) -> TokenFinetuneResult:
@@ -135,23 +137,25 @@ def run(cfg: PipelineConfig) -> TokenFinetuneResult:
                        "dev_sentences": len(dev.table), "label_names": names})
         history: dict[int, dict[str, float]] = {}
         ex_per_s: float | None = None
+        resumed = 0
         is_main = True
-        with tempfile.TemporaryDirectory(prefix="distilflow-teacher-ckpt-") as ckpt:
-            if tc.finetune:
-                set_seed(tc.seed)  # before the fresh head is initialised (see finetune_teacher/sequence.py)
-                model, tokenizer = T.load_teacher(src, label_names=names, task=TASK)
-                log.info("fine-tuning %s (%.1fM params) as a token classifier on %d sentences, dev %d", tc.model,
-                         count_parameters(model) / 1e6, len(train.table), len(dev.table))
-                trainer, history, ex_per_s = _train(cfg, model, tokenizer, train, dev, Path(ckpt))
-                model = trainer.model
-                is_main = trainer.is_world_process_zero()
-            else:
-                model, tokenizer = F.load_finetuned(src, tc.model, names, task=TASK)
+        ckpt = F.checkpoint_dir(cfg.teacher_dir)  # resumable, as in finetune_teacher/sequence.py
+        if tc.finetune:
+            set_seed(tc.seed)  # before the fresh head is initialised (see finetune_teacher/sequence.py)
+            model, tokenizer = T.load_teacher(src, label_names=names, task=TASK)
+            log.info("fine-tuning %s (%.1fM params) as a token classifier on %d sentences, dev %d", tc.model,
+                     count_parameters(model) / 1e6, len(train.table), len(dev.table))
+            fingerprint = F.run_fingerprint(cfg, [cfg.data_dir / "train.parquet", cfg.data_dir / "dev.parquet"], src, model)
+            trainer, history, ex_per_s, resumed = _train(cfg, model, tokenizer, train, dev, ckpt, fingerprint)
+            model = trainer.model
+            is_main = trainer.is_world_process_zero()
+        else:
+            model, tokenizer = F.load_finetuned(src, tc.model, names, task=TASK)
         params = count_parameters(model)
         if not is_main:  # other torchrun ranks: rank 0 writes the output and logs
             nan = float("nan")
             return TokenFinetuneResult(teacher_dir=str(cfg.teacher_dir), label_names=names, dev_f1=nan, dev_precision=nan,
-                                       dev_recall=nan, best_epoch=None, epochs_run=len(history), train_examples_per_s=ex_per_s,
+                                       dev_recall=nan, best_epoch=None, epochs_run=len(history), epochs_resumed=resumed, train_examples_per_s=ex_per_s,
                                        params=params, seconds=time.perf_counter() - t0, mlflow_run_id=None, model_uri=None)
         model.eval()
         scores = dev_scores(model, tokenizer, dev, cfg)
@@ -175,6 +179,7 @@ def run(cfg: PipelineConfig) -> TokenFinetuneResult:
             "task": TASK,
         }
         F.save_teacher(cfg.teacher_dir, model, tokenizer, metrics)
+        shutil.rmtree(ckpt, ignore_errors=True)  # the output is complete: nothing to resume
         log.info("teacher: dev entity F1 %.4f (P %.4f R %.4f; best epoch %s of %d), %.1f train sentences/s, %.0f s -> %s",
                  scores["f1"], scores["precision"], scores["recall"], best, len(history), ex_per_s or 0.0, seconds,
                  cfg.teacher_dir)
@@ -193,5 +198,5 @@ def run(cfg: PipelineConfig) -> TokenFinetuneResult:
             model_uri = F.log_model(tr, model, tokenizer, TASK, example)
         return TokenFinetuneResult(teacher_dir=str(cfg.teacher_dir), label_names=names, dev_f1=scores["f1"],
                                    dev_precision=scores["precision"], dev_recall=scores["recall"], best_epoch=best,
-                                   epochs_run=len(history), train_examples_per_s=ex_per_s, params=params, seconds=seconds,
+                                   epochs_run=len(history), epochs_resumed=resumed, train_examples_per_s=ex_per_s, params=params, seconds=seconds,
                                    mlflow_run_id=tr.run_id, model_uri=model_uri)

@@ -6,6 +6,12 @@ the collator and the dev metric.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +23,9 @@ from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
 from components.lib.task import Task
 
+log = logging.getLogger("distilflow.finetune_teacher")
 STEP = "finetune-teacher"
+FINGERPRINT_FILE = "fingerprint.json"
 # What an MLflow transformers model of the teacher needs (explicit: mlflow's default list pins
 # torchvision, which the image lacks).
 TEACHER_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate")
@@ -49,15 +57,82 @@ def optimizer(model: torch.nn.Module, tc) -> torch.optim.AdamW:
     ], lr=tc.lr)
 
 
+# ---------------------------------------------------------------- checkpoints (resume after a kill)
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """The Trainer's epoch checkpoints, beside the step's output (which is only written, atomically,
+    at the end): a killed fine-tuning resumes from them; removed once the output is complete."""
+    return out_dir.parent / f".{out_dir.name}.ckpt"
+
+
+def run_fingerprint(cfg: PipelineConfig, sources: Sequence[Path], src, model) -> str:
+    """What the checkpoints must have been made with to be resumed: the teacher settings, the
+    task, the data, the starting weights and the kind of machine (device, precision, ranks)."""
+    cuda = torch.cuda.is_available()
+    key = {"teacher": cfg.teacher.model_dump(mode="json", exclude={"output_dir"}), "task": str(cfg.task),
+           "data": [data.sha256_file(p) for p in sources], "weights": T.weights_digest(src, model),
+           "cuda": cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "world_size": os.environ.get("WORLD_SIZE", "1")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _trainer_state(ckpt: Path) -> dict | None:
+    """A checkpoint's trainer_state.json (the Trainer writes it last: no file, a torn checkpoint)."""
+    try:
+        return json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resume_point(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """The last complete checkpoint in ckpt_dir when it was made with these settings. Otherwise
+    (rank 0) clear ckpt_dir and record the fingerprint the coming checkpoints are made with."""
+    recorded = ckpt_dir / FINGERPRINT_FILE
+    ckpts = sorted((p for p in ckpt_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]))
+    complete = [p for p in ckpts if _trainer_state(p) is not None]
+    same = recorded.exists() and json.loads(recorded.read_text()).get("fingerprint") == fingerprint
+    if same and complete:
+        return complete[-1]
+    if os.environ.get("RANK", "0") != "0":  # rank 0 clears and records; every rank decides alike
+        return None
+    if ckpts and not same:
+        log.info("teacher checkpoints in %s were made with other settings (teacher config, data, weights or "
+                 "device): starting over", ckpt_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True)
+    data.write_json(recorded, {"fingerprint": fingerprint})
+    return None
+
+
+def _stopped_at(state: dict, patience: int) -> int | None:
+    """The step a checkpoint's run had already stopped at (early stopping fired), else None."""
+    early = (state.get("stateful_callbacks") or {}).get("EarlyStoppingCallback") or {}
+    counter = (early.get("attributes") or {}).get("early_stopping_patience_counter", 0)
+    return int(state["global_step"]) if counter >= patience else None
+
+
+# ---------------------------------------------------------------- training
+
 def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compute_metrics, metrics: Sequence[str],
-        ckpt_dir: Path, preprocess_logits=None):
+        ckpt_dir: Path, fingerprint: str, preprocess_logits=None):
     """Trainer fine-tuning shared by both tasks: dev evaluation every epoch, early stopping on
-    metrics[0] (greater is better) with the best checkpoint restored. Returns (trainer, per-epoch
-    history {epoch: {dev_<metric>, dev_loss, train_loss}}, train examples/s)."""
+    metrics[0] (greater is better) with the best checkpoint restored. Checkpoints every epoch in
+    ckpt_dir (full state: weights, optimizer, scheduler, RNG, early-stopping counter) and resumes
+    from the last one made with the same `fingerprint`. Returns (trainer, per-epoch history
+    {epoch: {dev_<metric>, dev_loss, train_loss}}, train examples/s, epochs restored by a resume)."""
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     tc = cfg.teacher
     cuda = torch.cuda.is_available()
+    resume = resume_point(ckpt_dir, fingerprint)
+    state = _trainer_state(resume) if resume is not None else None
+    # A run killed after early stopping fired (while restoring or saving the best model) must not
+    # train on: ending at that checkpoint's step leaves the Trainer only the best model to load.
+    stop_step = _stopped_at(state, tc.patience) if state else None
+    resumed = round(state["epoch"]) if state else 0
+    if state:
+        log.info("resuming teacher fine-tuning from epoch %d of %d (%s)%s", resumed, tc.epochs, resume,
+                 ": early stopping had fired, restoring the best epoch" if stop_step else "")
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         learning_rate=tc.lr,
@@ -72,7 +147,10 @@ def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compu
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
-        save_only_model=True,  # no optimizer state: checkpoints only serve best-model selection
+        save_only_model=False,  # optimizer, scheduler and RNG state too, so a resumed run continues exactly
+        restore_callback_states_from_checkpoint=True,  # the early-stopping counter
+        max_steps=stop_step or -1,
+        # The Trainer never rotates out the best checkpoint, and early stopping keeps it among the last patience + 1.
         save_total_limit=tc.patience + 1,
         load_best_model_at_end=True,
         metric_for_best_model=metrics[0],
@@ -94,7 +172,7 @@ def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compu
         # Trainer's own AdamW unless the head gets its own lr or the embeddings stay fixed
         optimizers=(optimizer(model, tc), None) if tc.head_lr is not None or tc.freeze_embeddings else (None, None),
     )
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     history: dict[int, dict[str, float]] = {}
     for rec in trainer.state.log_history:
         if "epoch" not in rec:
@@ -106,7 +184,7 @@ def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compu
             history[ep]["dev_loss"] = float(rec.get("eval_loss", float("nan")))
         elif "loss" in rec:
             history.setdefault(ep, {})["train_loss"] = float(rec["loss"])
-    return trainer, history, float(out.metrics.get("train_samples_per_second", 0.0))
+    return trainer, history, float(out.metrics.get("train_samples_per_second", 0.0)), resumed
 
 
 def best_epoch(history: dict[int, dict[str, float]], key: str = "dev_accuracy") -> int | None:
