@@ -22,9 +22,15 @@ def test_tag_agreement_and_classification_report_metric():
     assert tag_agreement([], []) == 1.0
     # classification reports now say which metric is the headline (retention, the export gate)
     model = {"accuracy": 0.8, "params": 10, "throughput": 2.0, "throughput_onnx": 3.0, "latency_ms": {}, "latency_ms_onnx": {},
-             "mode": "soft"}
-    rep = build_report(_cls_cfg(), {**model, "accuracy": 1.0}, {"soft": model}, ["a", "b"], 4, None)
+             "mode": "soft", "dev": {"accuracy": 0.7}}
+    teacher = {**model, "accuracy": 1.0, "dev": {"accuracy": 0.875}}
+    baseline = {**model, "mode": "labels-only", "dev": {"accuracy": 0.75}}
+    rep = build_report(_cls_cfg(), teacher, {"soft": model, "labels-only": baseline}, ["a", "b"], 4, None, dev_rows=8)
     assert rep["metric"] == "accuracy" and rep["retention"] == pytest.approx(0.8)
+    # the dev block export decides on: here the baseline beats the distilled student on dev
+    assert rep["dev"] == {"split": "dev", "rows": 8, "metric": "accuracy", "teacher": 0.875, "student": 0.7,
+                          "students": {"soft": 0.7, "labels-only": 0.75}, "baseline": 0.75,
+                          "retention": pytest.approx(0.8), "baseline_beats_student": True}
 
 
 def test_languages_summary_by_hand():

@@ -1,5 +1,6 @@
 """evaluate for sequence classification: the one step that reads the test split. Teacher vs
-student(s) vs baseline.
+student(s) vs baseline. Every model is also scored on the dev split (report.json's `dev` block):
+export decides int8 keep/drop and the champion gate on those, never on test.
 
 Quality (accuracy, macro-F1, per class, confusion, agreement with the teacher, ECE), size
 (parameters, weights on disk, compression) and speed (examples/s at batch 256, p50/p95 latency
@@ -41,7 +42,14 @@ class EvalResult(BaseModel):
     students: list[str]
 
 
-def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, label_names: list[str]) -> tuple[dict, np.ndarray]:
+def dev_scores(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
+    """accuracy and macro-F1 on the dev split (what export decides on)."""
+    m = report.classification_metrics(logits, labels, label_names, 1)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, label_names: list[str],
+                     dev: tuple[list[str], np.ndarray]) -> tuple[dict, np.ndarray]:
     from components.lib.teacher import label_names_of, load_teacher, score
     from components.lib.torch_utils import count_parameters
 
@@ -55,6 +63,7 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
     log.info("teacher scored %d test texts in %.1fs", len(texts), time.perf_counter() - t0)
     speed, lat = timings(lambda b: score(model, tokenizer, b, max_len, bs), texts, cfg)
     out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
+    out["dev"] = dev_scores(score(model, tokenizer, dev[0], max_len, bs)[0], dev[1], label_names)
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len, params=count_parameters(model),
                size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
                throughput=speed, latency_ms=lat)
@@ -63,7 +72,7 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
 
 
 def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: np.ndarray, label_names: list[str],
-                     teacher_logits: np.ndarray, scratch: Path) -> dict:
+                     teacher_logits: np.ndarray, scratch: Path, dev: tuple[list[str], np.ndarray]) -> dict:
     from components.lib.onnx import export_onnx, onnx_predict_logits, ort_session
     from components.lib.student_io import load_student, predict_logits
     from components.lib.torch_utils import count_parameters
@@ -78,6 +87,7 @@ def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: 
     session = ort_session(onnx_path, cfg.evaluate.num_threads)
     speed_onnx, lat_onnx = timings(lambda b: onnx_predict_logits(session, st, b, bs), texts, cfg)
     out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)
+    out["dev"] = dev_scores(predict_logits(st, dev[0], bs), dev[1], label_names)
     out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=report.agreement(logits, teacher_logits),
                params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
                onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
@@ -111,20 +121,24 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Eva
     test = data.read_labeled(cfg.data_dir / "test.parquet")
     texts = test.table.column("text").to_pylist()
     labels = np.asarray(test.table.column("label").to_pylist())
+    dev_split = data.read_labeled(cfg.data_dir / "dev.parquet")
+    if dev_split.label_names != test.label_names:
+        raise UserError(f"{cfg.data_dir / 'dev.parquet'}: label_names {dev_split.label_names} differ from test's {test.label_names}")
+    dev = (dev_split.table.column("text").to_pylist(), np.asarray(dev_split.table.column("label").to_pylist()))
     card_path = cfg.data_dir / "data_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
 
     with tracking.step_run(cfg, "evaluate") as tr:
         tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()},
                        "test_rows": len(texts)})
-        teacher, teacher_logits = evaluate_teacher(cfg, texts, labels, test.label_names)
+        teacher, teacher_logits = evaluate_teacher(cfg, texts, labels, test.label_names, dev)
         with tempfile.TemporaryDirectory() as scratch:
-            students = {m: evaluate_student(cfg, p, texts, labels, test.label_names, teacher_logits, Path(scratch))
+            students = {m: evaluate_student(cfg, p, texts, labels, test.label_names, teacher_logits, Path(scratch), dev)
                         for m, p in dirs.items()}
-        rep = build_report(cfg, teacher, students, test.label_names, len(texts), card)
+        rep = build_report(cfg, teacher, students, test.label_names, len(texts), card, dev_rows=len(dev[1]))
         with data.atomic_dir(cfg.eval_dir) as out:
             write_outputs(rep, out)
-        logged = {k: rep[k] for k in ("teacher", "students", "retention", "params", "compression", "throughput",
+        logged = {k: rep[k] for k in ("teacher", "students", "retention", "dev", "params", "compression", "throughput",
                                       "speedup", "speedup_onnx", "latency_ms")}
         logged["student"] = {"accuracy": rep["student"]["accuracy"], "macro_f1": rep["student"]["macro_f1"]}
         if "baseline" in rep:

@@ -6,6 +6,8 @@ languages, each student's OOV share of test pieces and a per-language retention 
 word-level tag agreement with the teacher. Size and speed are measured as for classification, in this process on this machine:
 sentences/s at evaluate.batch_size and batch-1 p50/p95 latency, torch for the teacher, torch and
 ONNX Runtime for every student. Words past a model's max_length count as O (the alignment rule).
+Every model is also scored (entity F1) on the dev split, report.json's `dev` block: export decides
+int8 keep/drop and the champion gate on those, never on test.
 Writes cfg.eval_dir atomically: report.json, report.md, PNG plots.
 """
 
@@ -88,8 +90,14 @@ def special_piece_ids(tokenizer) -> list[int]:
     return [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if t is not None]
 
 
+def dev_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """Entity precision/recall/F1 on the dev split (what export decides on)."""
+    m = ner_metrics.entity_scores(gold, pred)
+    return {k: m[k] for k in ("f1", "precision", "recall")}
+
+
 def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list[list[str]], label_names: list[str],
-                     langs: list[str] | None) -> tuple[dict, list[list[str]]]:
+                     langs: list[str] | None, dev: tuple[list[list[str]], list[list[str]]]) -> tuple[dict, list[list[str]]]:
     from components.lib.teacher import head_is_trained, label_names_of, load_teacher, score_words
     from components.lib.torch_utils import count_parameters
 
@@ -107,6 +115,7 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
     pred = argmax_tags(logits, sentences, label_names)
     speed, lat = timings(lambda b: score_words(model, tokenizer, b, max_len, bs), sentences, cfg)
     out = scores(gold, pred, langs)
+    out["dev"] = dev_scores(dev[1], argmax_tags(score_words(model, tokenizer, dev[0], max_len, bs)[0], dev[0], label_names))
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len,
                params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
                throughput=speed, latency_ms=lat)
@@ -115,7 +124,8 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
 
 
 def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]], gold: list[list[str]],
-                     label_names: list[str], langs: list[str] | None, teacher_pred: list[list[str]], scratch: Path) -> dict:
+                     label_names: list[str], langs: list[str] | None, teacher_pred: list[list[str]], scratch: Path,
+                     dev: tuple[list[list[str]], list[list[str]]]) -> dict:
     from components.lib.onnx import export_onnx, onnx_predict_word_logits, ort_session
     from components.lib.student_io import load_student, predict_tags, predict_word_logits
     from components.lib.tokens import encode_words
@@ -133,6 +143,7 @@ def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]]
     session = ort_session(onnx_path, cfg.evaluate.num_threads)
     speed_onnx, lat_onnx = timings(lambda b: onnx_predict_word_logits(session, st, b, bs), sentences, cfg)
     out = scores(gold, pred, langs)
+    out["dev"] = dev_scores(dev[1], predict_tags(st, dev[0], bs))
     out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=tag_agreement(pred, teacher_pred),
                params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
                onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
@@ -177,24 +188,30 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Tok
     langs = [str(x) for x in test.table.column("lang").to_pylist()] if test.has_lang else None
     if not sentences:
         raise UserError(f"{cfg.data_dir / 'test.parquet'}: no sentences")
+    dev_split = token_data.read_token_labeled(cfg.data_dir / "dev.parquet")
+    if dev_split.label_names != test.label_names:
+        raise UserError(f"{cfg.data_dir / 'dev.parquet'}: label_names {dev_split.label_names} differ from test's {test.label_names}")
+    dev_sentences = dev_split.table.column("tokens").to_pylist()
+    dev = (dev_sentences, ner_metrics.tag_names(dev_split.table.column("tags").to_pylist(), dev_split.label_names))
     card_path = cfg.data_dir / "data_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
 
     with tracking.step_run(cfg, "evaluate") as tr:
         tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), "task": TASK,
                        "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()}, "test_rows": len(sentences)})
-        teacher, teacher_pred = evaluate_teacher(cfg, sentences, gold, test.label_names, langs)
+        teacher, teacher_pred = evaluate_teacher(cfg, sentences, gold, test.label_names, langs, dev)
         with tempfile.TemporaryDirectory() as scratch:
-            students = {m: evaluate_student(cfg, p, sentences, gold, test.label_names, langs, teacher_pred, Path(scratch))
+            students = {m: evaluate_student(cfg, p, sentences, gold, test.label_names, langs, teacher_pred, Path(scratch), dev)
                         for m, p in dirs.items()}
-        rep = {"task": TASK.value, **build_report(cfg, teacher, students, test.label_names, len(sentences), card, metric=METRIC)}
+        rep = {"task": TASK.value, **build_report(cfg, teacher, students, test.label_names, len(sentences), card,
+                                                  metric=METRIC, dev_rows=len(dev_sentences))}
         rep["test_words"] = sum(len(s) for s in sentences)
         rep["entity_types"] = sorted({t for m in (teacher, *students.values()) for t in m["per_type"]})
         rep["languages"] = sorted(set(langs)) if langs is not None else None
         rep["languages_summary"] = languages_summary(teacher, rep["student"], rep.get("baseline")) if langs is not None else None
         with data.atomic_dir(cfg.eval_dir) as out:
             write_outputs(rep, out)
-        logged = {k: rep[k] for k in ("teacher", "students", "retention", "params", "compression", "throughput",
+        logged = {k: rep[k] for k in ("teacher", "students", "retention", "dev", "params", "compression", "throughput",
                                       "speedup", "speedup_onnx", "latency_ms")}
         headline = ("f1", "precision", "recall", "macro_f1") + (("language_macro_f1",) if langs is not None else ())
         logged["student"] = {k: rep["student"][k] for k in headline}

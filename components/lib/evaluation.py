@@ -1,5 +1,6 @@
 """What both evaluate paths share: which students to evaluate, which one is the headline, the
-timing protocol (items/s at evaluate.batch_size, batch-1 latency) and the report.json body.
+timing protocol (items/s at evaluate.batch_size, batch-1 latency), the dev-split block every
+later decision reads, and the report.json body.
 """
 
 from __future__ import annotations
@@ -41,10 +42,26 @@ def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str,
         report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
 
 
+def dev_block(teacher: dict, students: dict[str, dict], mode: str, metric: str, rows: int) -> dict:
+    """What export decides on (int8 keep/drop, the champion gate): every model's `metric` on the dev
+    split (each model dict's "dev" entry), never test. The baseline is the labels-only student."""
+    t = teacher["dev"][metric]
+    s = students[mode]["dev"][metric]
+    baseline = StudentMode.labels_only.value
+    b = students[baseline]["dev"][metric] if mode != baseline and baseline in students else None
+    return {
+        "split": "dev", "rows": rows, "metric": metric, "teacher": t, "student": s,
+        "students": {m: v["dev"][metric] for m, v in students.items()}, "baseline": b,
+        "retention": s / t if t else 0.0,
+        # strictly better: a tie leaves the distilled student (it was the configured choice)
+        "baseline_beats_student": b is not None and b > s + 1e-12,
+    }
+
+
 def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
-                 test_rows: int, card: dict | None, metric: str = "accuracy") -> dict:
+                 test_rows: int, card: dict | None, metric: str = "accuracy", dev_rows: int = 0) -> dict:
     """The report.json body; `metric` (accuracy, or entity f1 for token classification) is the
-    headline score that retention and the export gate use."""
+    headline score. Test scores are reported; the `dev` block (dev_block) is what export decides on."""
     mode = chosen_mode(cfg, list(students))
     student = students[mode]
     rep = {
@@ -53,6 +70,7 @@ def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], 
         "student": student,
         "students": students,
         "retention": student[metric] / teacher[metric] if teacher[metric] else 0.0,
+        "dev": dev_block(teacher, students, mode, metric, dev_rows),
         "params": {"teacher": teacher["params"], "student": student["params"]},
         "compression": teacher["params"] / student["params"],
         "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],

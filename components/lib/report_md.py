@@ -41,6 +41,44 @@ def _card_line(card: dict[str, Any]) -> list[str]:
     ]
 
 
+def _metric_name(metric: str) -> str:
+    return "entity F1" if metric == "f1" else metric
+
+
+def _warning_lines(report: dict[str, Any]) -> list[str]:
+    """The report's first lines when the labels-only baseline beats the distilled student on dev."""
+    dev = report.get("dev") or {}
+    if not dev.get("baseline_beats_student"):
+        return []
+    name = _metric_name(dev["metric"])
+    return [
+        f"> **Distillation did not pay off here: export withholds `champion`.** On the dev split the labels-only "
+        f"baseline (dev {name} {_fmt(dev['baseline'])}) beats the distilled student `{report['student']['mode']}` "
+        f"({_fmt(dev['student'])}); a student cannot be better than the teacher it copies (teacher dev {name} "
+        f"{_fmt(dev['teacher'])}). Try a stronger teacher (`teacher.model`), longer inputs (`teacher.max_length`, "
+        "`student.max_length`) or more transfer data (`data.unlabeled_source`, `data.max_transfer_rows`).",
+        "",
+    ]
+
+
+def _decision_lines(report: dict[str, Any], unit: str) -> list[str]:
+    """Which split each decision used."""
+    dev = report.get("dev")
+    if not dev:
+        return []
+    name = _metric_name(dev["metric"])
+    baseline = f", labels-only baseline {_fmt(dev['baseline'])}" if dev.get("baseline") is not None else ""
+    return [
+        "",
+        "## Decisions and the split they used",
+        "",
+        f"- Best teacher epoch and best student epoch of every phase: the dev split ({dev['rows']} {unit}).",
+        f"- int8 keep/drop and the `champion` gate (export): dev {name}. Here: teacher {_fmt(dev['teacher'])}, "
+        f"student `{report['student']['mode']}` {_fmt(dev['student'])}{baseline}; dev retention {_fmt(dev['retention'])}.",
+        f"- Test ({report['test_rows']} {unit}): read by this step only, to report; no decision uses it.",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: what was distilled, how well, how small, how fast."""
     env = report["environment"]
@@ -48,6 +86,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Distillation report",
         "",
+        *_warning_lines(report),
         "## What was distilled",
         "",
         f"- Teacher: `{teacher['model']}` ({_millions(teacher['params'])} parameters, {teacher['max_length']} tokens)",
@@ -80,6 +119,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         gain = student["accuracy"] - report["baseline"]["accuracy"]
         lines.append(f"- Labels-only baseline (same student, no teacher): accuracy {_fmt(report['baseline']['accuracy'])}; "
                      f"distillation gain {gain:+.3f}")
+    lines += _decision_lines(report, "examples")
     lines += ["", f"## Per-class scores (student `{student['mode']}`)", "",
               "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for cls, m in student["per_class"].items():
@@ -169,6 +209,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Distillation report (token classification)",
         "",
+        *_warning_lines(report),
         *_retention_lines(report.get("languages_summary")),
         "## What was distilled",
         "",
@@ -205,6 +246,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
         gain = student["f1"] - report["baseline"]["f1"]
         lines.append(f"- Labels-only baseline (same student, no teacher): entity F1 {_fmt(report['baseline']['f1'])}; "
                      f"distillation gain {gain:+.3f}")
+    lines += _decision_lines(report, "sentences")
     types = sorted({t for _, m in models for t in m["per_type"]})
     lines += ["", "## Entity F1 per type", "",
               "| type | support | " + " | ".join(name for name, _ in models) + " |",
