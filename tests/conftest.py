@@ -51,6 +51,21 @@ def _root_logging_restored() -> Iterator[None]:
             root.addHandler(handler)
     root.setLevel(level)
 
+
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored() -> Iterator[None]:
+    """mlflow.set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI:
+    code under test that sets them (the serve CLI does) would point every later subprocess elsewhere."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def packaged_teacher_dir() -> Path:
     from components.lib.assets import packaged_teacher_dir

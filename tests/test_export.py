@@ -6,6 +6,7 @@ The tiny models come from tests/helpers.py; the tiny_student_dir and evaluated_w
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,22 @@ def test_export_run_on_a_local_sqlite_store(evaluated_work_dir, tmp_path):
 
     from components import export
 
-    cfg = tiny_cfg(evaluated_work_dir, f"sqlite:///{tmp_path / 'mlflow.db'}", export={"min_retention": 0.5})
+    cfg = tiny_cfg(evaluated_work_dir, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   export={"min_retention": 0.5, "output_dir": str(tmp_path / "export")})
     res = export.run(cfg)
     summary = json.loads((cfg.export_dir / "export_summary.json").read_text())
     assert res.parity_max_abs_diff <= 1e-4 and summary["onnx"]["parity_max_abs_diff"] == res.parity_max_abs_diff
     assert res.int8_kept == (Path(cfg.export_dir / "model.int8.onnx").exists())
-    assert res.accuracy_int8 is not None and summary["int8"]["throughput"] > 0
+    assert res.dev_accuracy_int8 is not None and summary["int8"]["throughput"] > 0
+    rep = json.loads((evaluated_work_dir / "eval" / "report.json").read_text())
+    assert summary["decision_split"] == "dev" and summary["dev"] == rep["dev"]
+    assert res.dev_accuracy_fp32 == pytest.approx(rep["dev"]["student"], abs=1e-9)  # ONNX = torch on the dev split
     assert res.registered_version == "1" and res.champion and res.gate_reason is None
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mv = client.get_model_version_by_alias("tiny-student", "champion")
     assert mv.version == 1 or str(mv.version) == "1"
     assert mv.tags["mode"] == "soft+repr" and float(mv.tags["accuracy"]) == pytest.approx(summary["accuracy"], abs=1e-6)
+    assert float(mv.tags["dev_accuracy"]) == pytest.approx(rep["dev"]["student"], abs=1e-9)
     assert len(mv.tags["data_card_sha256"]) in (0, 64)
     loaded = mlflow.pyfunc.load_model(str(cfg.export_dir / "pyfunc"))
     assert set(loaded.predict(pd.DataFrame({"text": ["goal striker cup", "bank loan tax"]}))["label"]) <= set(LABELS)
@@ -115,3 +121,63 @@ def test_export_needs_the_report(tmp_path, packaged_teacher_dir):
     root = make_work_dir(tmp_path / "w", packaged_teacher_dir, {"soft+repr": 0})
     with pytest.raises(UserError, match="report.json: not found"):
         export.run(tiny_cfg(root, None))
+
+
+def _relabel_test(root: Path) -> None:
+    """Every test label moved to a class the student does not predict: its test accuracy drops to 0."""
+    from components.lib import data
+    from components.lib.student_io import load_student, predict_logits
+
+    test = data.read_labeled(root / "data" / "test.parquet")
+    pred = predict_logits(load_student(root / "student" / "soft_repr"), test.table.column("text").to_pylist()).argmax(1)
+    wrong = [int(p + 1) % len(test.label_names) for p in pred]
+    table = data.labeled_table(test.table.column("id").to_pylist(), test.table.column("text").to_pylist(), wrong, test.label_names)
+    data.write_table(table, root / "data" / "test.parquet")
+
+
+@pytest.mark.integration
+def test_test_labels_cannot_change_the_export_decisions(evaluated_work_dir, tmp_path):
+    """int8 keep/drop and the champion gate read the dev split only: relabelling the whole test split
+    (test retention falls to 0, below the gate's bar) changes neither decision."""
+    from components import evaluate, export
+
+    root = tmp_path / "w"
+    shutil.copytree(evaluated_work_dir, root)
+    rep = json.loads((root / "eval" / "report.json").read_text())
+    bar = min(rep["dev"]["retention"], rep["retention"], 2.0) / 2  # passed on dev, and on test as it is
+    runs = {}
+    for name in ("as-is", "relabelled"):
+        if name == "relabelled":
+            _relabel_test(root)
+            evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
+        rep = json.loads((root / "eval" / "report.json").read_text())
+        res = export.run(tiny_cfg(root, f"sqlite:///{tmp_path / f'{name}.db'}",
+                                  export={"output_dir": str(tmp_path / name), "min_retention": bar, "max_quant_drop": 0.0}))
+        summary = json.loads((tmp_path / name / "export_summary.json").read_text())
+        runs[name] = {"test_retention": rep["retention"], "bar": bar, "int8": summary["int8"], "dev": summary["dev"],
+                      "champion": res.champion, "gate": res.gate_reason}
+    before, after = runs["as-is"], runs["relabelled"]
+    assert after["test_retention"] == 0.0 < after["bar"] < before["test_retention"]  # a test-read gate would flip
+    assert before["champion"] and after["champion"] and before["gate"] is None and after["gate"] is None
+    drop = lambda q: {k: v for k, v in q.items() if not k.startswith("throughput")}  # noqa: E731  (timings vary)
+    assert drop(after["int8"]) == drop(before["int8"]) and after["dev"] == before["dev"]
+
+
+@pytest.mark.integration
+def test_a_baseline_that_beats_the_student_on_dev_withholds_champion(tmp_path, packaged_teacher_dir):
+    """An untrained distilled student beside a trained labels-only baseline: report.md says so in its
+    first lines, and export registers the version without the alias."""
+    from components import evaluate, export
+
+    root = make_work_dir(tmp_path / "w", packaged_teacher_dir, {"soft+repr": 0, "labels-only": 40}, teacher_steps=40)
+    evaluate.run(tiny_cfg(root, None))
+    rep = json.loads((root / "eval" / "report.json").read_text())
+    dev = rep["dev"]
+    assert dev["baseline"] > dev["student"] and dev["baseline_beats_student"]
+    head = (root / "eval" / "report.md").read_text().splitlines()[:4]
+    assert head[0] == "# Distillation report" and "Distillation did not pay off here" in head[2]
+    assert f"baseline (dev accuracy {dev['baseline']:.3f}) beats the distilled student `soft+repr`" in head[2]
+    res = export.run(tiny_cfg(root, f"sqlite:///{tmp_path / 'mlflow.db'}", export={"min_retention": 0.0, "quantize": False}))
+    assert res.registered_version == "1" and not res.champion
+    assert res.gate_reason == (f"the labels-only baseline's dev accuracy {dev['baseline']:.4f} beats the distilled "
+                               f"student's {dev['student']:.4f}")

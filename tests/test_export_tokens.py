@@ -142,8 +142,9 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
     assert summary["task"] == "token-classification" and summary["metric"] == "f1" and summary["pretokenizer"] == "words"
     rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
     assert summary["f1"] == rep["student"]["f1"] and summary["retention"] == rep["retention"]
-    assert res.f1_fp32 == pytest.approx(rep["student"]["f1"], abs=1e-9)  # ONNX tags = torch tags on the test split
-    assert res.f1_int8 is not None and res.int8_kept == (out / "model.int8.onnx").exists()
+    assert res.dev_f1_fp32 == pytest.approx(rep["dev"]["student"], abs=1e-9)  # ONNX tags = torch tags on the dev split
+    assert res.dev_f1_int8 is not None and res.int8_kept == (out / "model.int8.onnx").exists()
+    assert summary["decision_split"] == "dev" and summary["dev"] == rep["dev"] and summary["int8"]["reason"].startswith("dev entity F1")
     assert res.registered_version is None and not res.champion and "tracking disabled" in res.gate_reason
     assert (out / "model.onnx").stat().st_size > 1000 and (out / "pyfunc" / "MLmodel").exists()
     assert {p.name for p in (out / "pyfunc" / "code" / "components" / "lib").iterdir()} >= {"pyfunc.py", "tokens.py", "errors.py"}
@@ -179,23 +180,25 @@ def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
-    f1, retention = rep["student"]["f1"], rep["retention"]
+    f1, retention = rep["dev"]["student"], rep["dev"]["retention"]  # what the gate reads
 
-    def export_run(name: str, **ec):
-        return export.run(ner_cfg(evaluated_ner_work_dir, uri, export={"quantize": False, "output_dir": str(tmp_path / name), **ec}))
+    def export_run(name: str, **ec):  # each call another pipeline run
+        return export.run(ner_cfg(evaluated_ner_work_dir, uri, export={"quantize": False, "output_dir": str(tmp_path / name), **ec},
+                                  tracking={"kfp_run_id": f"kfp-{name}"}))
 
     first = export_run("a", min_retention=0.0)
     assert (first.registered_version, first.champion, first.gate_reason) == ("1", True, None)
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(uri, uri)
     mv = client.get_model_version_by_alias("tiny-tagger", "champion")
     assert mv.tags["metric"] == "f1" and mv.tags["task"] == "token-classification"
-    assert float(mv.tags["f1"]) == pytest.approx(f1, abs=1e-9) and float(mv.tags["retention"]) == pytest.approx(retention)
+    assert float(mv.tags["dev_f1"]) == pytest.approx(f1, abs=1e-9) and float(mv.tags["dev_retention"]) == pytest.approx(retention)
+    assert float(mv.tags["f1"]) == pytest.approx(rep["student"]["f1"], abs=1e-9)  # the test score, for information
     # a bar above the student's retention: registered, but the alias stays
     assert retention < 1.9  # precondition: export.min_retention goes up to 2
     bar = min(2.0, retention + 0.5)
     second = export_run("b", min_retention=bar)
     assert second.registered_version == "2" and not second.champion
-    assert second.gate_reason == f"retention {retention:.4f} < export.min_retention {bar:.4f}"
+    assert second.gate_reason == f"dev retention {retention:.4f} < export.min_retention {bar:.4f}"
     assert str(client.get_model_version_by_alias("tiny-tagger", "champion").version) == "1"
     # The champion loads by alias in a fresh process outside the repo (cwd elsewhere, no PYTHONPATH):
     # the tagger and the tokens.py/errors.py it imports come from the model's code_paths.
@@ -221,5 +224,5 @@ def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
 def test_gate_names_the_headline_metric():
     from components.lib.registry import gate
 
-    assert gate(0.5, 1.0, 0.9, 0.6, "2", metric="f1") == "test f1 0.5000 below champion v2 (0.6000)"
+    assert gate(0.5, 1.0, 0.9, 0.6, "2", metric="f1") == "dev f1 0.5000 below champion v2 (0.6000)"
     assert gate(0.6, 1.0, 0.9, 0.6, "2", metric="f1") is None  # as good as the champion

@@ -123,7 +123,7 @@ def test_whole_pipeline_under_kfp_local_then_cached(tiny_env, capsys, monkeypatc
              "distill-student", "distill-student-2", "evaluate", "export"}
     assert set(first["executed"]) == steps and first["cached"] == []
 
-    client = mlflow.MlflowClient(first["tracking_uri"])
+    client = mlflow.MlflowClient(first["tracking_uri"], first["tracking_uri"])  # not a registry URI another test set
     assert [m.name for m in client.search_registered_models()] == ["distilflow-tiny"]
     exp = client.get_experiment_by_name("distilflow-tiny")
     runs = client.search_runs([exp.experiment_id], f"tags.`kfp.run_id` = '{first['kfp_run_id']}'")

@@ -70,7 +70,7 @@ def test_token_classification_dag_under_kfp_local(tiny_ner_env, capsys, monkeypa
     assert meta["repr_dim"] == 32 and len(pseudo) == token_data.token_transfer_rows(transfer[0])
 
     # the exported pyfunc tags raw sentences with character spans
-    client = mlflow.MlflowClient(first["tracking_uri"])
+    client = mlflow.MlflowClient(first["tracking_uri"], first["tracking_uri"])
     versions = client.search_model_versions("name='distilflow-tiny-ner'")
     assert len(versions) == 1
     model = mlflow.pyfunc.load_model(f"models:/distilflow-tiny-ner/{versions[0].version}")

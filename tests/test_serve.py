@@ -30,16 +30,16 @@ def _save(model_dir: Path, student_dir: Path, out: Path, tagger: bool) -> Path:
     import mlflow.pyfunc
 
     from components.export.sequence import pyfunc_kwargs
-    from components.export.tokens import tagger_kwargs
+    from components.export.tokens import TAGGER_MODULES, tagger_kwargs
     from components.lib.onnx import export_onnx
-    from components.lib.registry import pyfunc_bundle
+    from components.lib.registry import pyfunc_bundle, pyfunc_code_paths
     from components.lib.student_io import load_student
 
     st = load_student(student_dir)
     extra = {"task": "token-classification", "pretokenizer": "words"} if tagger else None
     bundle = pyfunc_bundle(student_dir, export_onnx(st, out / "model.onnx", 17), st, out / "student", extra)
-    kwargs = (tagger_kwargs(bundle, out / "code", ["a b", "c d"]) if tagger
-              else pyfunc_kwargs(bundle, out / "code", ["a b", "c d"], st.label_names))
+    kwargs = (tagger_kwargs(bundle, pyfunc_code_paths(out / "code", TAGGER_MODULES), ["a b", "c d"]) if tagger
+              else pyfunc_kwargs(bundle, pyfunc_code_paths(out / "code"), ["a b", "c d"], st.label_names))
     mlflow.pyfunc.save_model(str(model_dir), **kwargs)
     return model_dir
 
@@ -180,6 +180,7 @@ def registered(cls_pyfunc, tmp_path_factory) -> str:
     import mlflow
 
     from components.export.sequence import pyfunc_kwargs
+    from components.lib.registry import pyfunc_code_paths
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -190,7 +191,7 @@ def registered(cls_pyfunc, tmp_path_factory) -> str:
     try:
         with mlflow.start_run(experiment_id=exp):
             bundle = cls_pyfunc.parent.parent / "student"
-            info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(bundle, root / "code", ["a b"], LABELS))
+            info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(bundle, pyfunc_code_paths(root / "code"), ["a b"], LABELS))
         mv = mlflow.register_model(info.model_uri, "tiny-student")
         client.set_registered_model_alias("tiny-student", "champion", mv.version)
     finally:

@@ -1,11 +1,11 @@
 """export for sequence classification: ONNX (+ int8) with a parity check, an MLflow pyfunc over raw
-text returning labels with probabilities, the registry gate on accuracy.
+text returning labels with probabilities, the registry gate.
 
-Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/report.json (its
-accuracy and retention decide the gate) and cfg.data_dir/test.parquet (parity and the int8
-accuracy only; evaluation already happened). Writes cfg.export_dir atomically:
-model.onnx, model.int8.onnx (when kept), pyfunc/ (an MLflow model dir), export_summary.json.
-ONNX export, parity and int8 are lib/onnx.py's; the bundle and the registry lib/registry.py's.
+Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/report.json (its dev
+block decides the gate) and cfg.data_dir/dev.parquet (parity and the int8 keep/drop; test is
+evaluate's alone). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when kept),
+pyfunc/ (an MLflow model dir), export_summary.json; only then registers (lib/registry.publish:
+a rerun finds the version it registered before). ONNX export, parity and int8 are lib/onnx.py's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,16 @@ from components.lib.onnx import (
     ort_session,
     try_int8,
 )
-from components.lib.registry import pip_requirements, pyfunc_bundle, pyfunc_code_paths, read_report, register
+from components.lib.registry import (
+    content_digest,
+    inputs_digest,
+    pip_requirements,
+    pyfunc_bundle,
+    pyfunc_code_paths,
+    read_report,
+    register_export,
+    reusable_export,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,8 @@ class ExportResult(BaseModel):
     onnx_path: str
     onnx_int8_path: str | None
     parity_max_abs_diff: float
-    accuracy_fp32: float
-    accuracy_int8: float | None
+    dev_accuracy_fp32: float  # the fp32 ONNX student's accuracy on the dev split
+    dev_accuracy_int8: float | None  # the int8 graph's, which decided its keep/drop
     int8_kept: bool
     int8_reason: str
     pyfunc_dir: str
@@ -53,7 +62,7 @@ class ExportResult(BaseModel):
 
 # ---------------------------------------------------------------- pyfunc
 
-def pyfunc_kwargs(bundle: Path, code_dir: Path, example_texts: list[str], label_names: list[str]) -> dict:
+def pyfunc_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str], label_names: list[str]) -> dict:
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -65,7 +74,7 @@ def pyfunc_kwargs(bundle: Path, code_dir: Path, example_texts: list[str], label_
     return {
         "python_model": StudentTextClassifier(),
         "artifacts": {BUNDLE: str(bundle)},
-        "code_paths": pyfunc_code_paths(code_dir),
+        "code_paths": code_paths,
         # One unnamed string column: MLflow then accepts a list of strings as well as a DataFrame
         # whose single column is `text` (a named column would reject plain lists).
         "signature": ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema(outputs)),
@@ -75,6 +84,38 @@ def pyfunc_kwargs(bundle: Path, code_dir: Path, example_texts: list[str], label_
 
 
 # ---------------------------------------------------------------- the step
+
+def build(cfg: PipelineConfig, student, student_dir: Path, texts: list[str], labels: np.ndarray, out: Path,
+          scratch: Path) -> dict:
+    """The export dir's contents into `out`; int8 kept or dropped on the dev texts. -> the summary."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    ec = cfg.export
+    onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
+    session = ort_session(onnx_path, ec.num_threads)
+    worst = check_parity(student, session, texts)
+    acc_fp32 = float((onnx_predict_logits(session, student, texts).argmax(1) == labels).mean())
+    log.info("ONNX parity on %d dev texts: max |Δlogit| %.2e; dev accuracy %.4f", len(texts), worst, acc_fp32)
+    q = {"dev_accuracy": None, "kept": False, "reason": "export.quantize is false", "path": None}
+    if ec.quantize:
+        q = _try_int8(onnx_path, out / "model.int8.onnx", student, texts, labels, acc_fp32, cfg)
+    serve = Path(q["path"]) if (q["kept"] and ec.serve_int8) else onnx_path
+
+    bundle = pyfunc_bundle(student_dir, serve, student, scratch / "student")
+    mlflow.pyfunc.save_model(str(out / "pyfunc"), **pyfunc_kwargs(bundle, pyfunc_code_paths(scratch / "code"), texts[:2],
+                                                                   student.label_names))
+    check = mlflow.pyfunc.load_model(str(out / "pyfunc")).predict(pd.DataFrame({"text": texts[:8]}))
+    want = [student.label_names[i] for i in onnx_predict_logits(ort_session(serve), student, texts[:8]).argmax(1)]
+    if check["label"].tolist() != want:
+        raise ParityError(f"pyfunc predictions {check['label'].tolist()} differ from ONNX {want}")
+    return {
+        "onnx": {"path": "model.onnx", "opset": ec.opset, "bytes": onnx_path.stat().st_size,
+                 "parity_max_abs_diff": worst, "dev_accuracy": acc_fp32},
+        "int8": {k: v for k, v in q.items() if k != "path"} | {"path": q["path"] and Path(q["path"]).name},
+        "served": serve.name, "student_dir": str(student_dir), "mode": student.mode,
+    }
+
 
 def run(cfg: PipelineConfig) -> ExportResult:
     import torch
@@ -86,89 +127,67 @@ def run(cfg: PipelineConfig) -> ExportResult:
     student_dir = cfg.student_dir(cfg.student.mode)
     student = load_student(student_dir)
     rep = read_report(cfg)
-    test = data.read_labeled(cfg.data_dir / "test.parquet")
-    texts, labels = test.table.column("text").to_pylist(), np.asarray(test.table.column("label").to_pylist())
-    if test.label_names != student.label_names:
-        raise UserError(f"{student_dir}/config.json: label_names {student.label_names} differ from the test split's {test.label_names}")
-    accuracy, retention = float(rep["student"]["accuracy"]), float(rep["retention"])
-    card = cfg.data_dir / "data_card.json"
+    dev = data.read_labeled(cfg.data_dir / "dev.parquet")
+    texts, labels = dev.table.column("text").to_pylist(), np.asarray(dev.table.column("label").to_pylist())
+    if dev.label_names != student.label_names:
+        raise UserError(f"{student_dir}/config.json: label_names {student.label_names} differ from the dev split's {dev.label_names}")
+    decision = rep["dev"]
     ec = cfg.export
+    inputs = inputs_digest(cfg, student_dir)
 
     with tracking.step_run(cfg, "export") as tr, tempfile.TemporaryDirectory() as scratch:
         tr.log_params({"export": ec.model_dump(mode="json"), "student_dir": str(student_dir), "mode": student.mode})
-        with data.atomic_dir(cfg.export_dir) as out:
-            onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
-            session = ort_session(onnx_path, cfg.export.num_threads)
-            worst = check_parity(student, session, texts)
-            acc_fp32 = float((onnx_predict_logits(session, student, texts).argmax(1) == labels).mean())
-            log.info("ONNX parity on %d test texts: max |Δlogit| %.2e; accuracy %.4f", len(texts), worst, acc_fp32)
+        summary = reusable_export(cfg.export_dir, inputs)
+        if summary is None:
+            with data.atomic_dir(cfg.export_dir) as out:
+                summary = build(cfg, student, student_dir, texts, labels, out, Path(scratch))
+                summary.update(
+                    accuracy=float(rep["student"]["accuracy"]), retention=float(rep["retention"]), dev=decision,
+                    decision_split="dev", inputs_digest=inputs, content_digest=content_digest(out / "pyfunc"),
+                    model_uri=None, registered_model=None, registered_version=None, champion=False, gate_reason=None)
+                data.write_json(out / "export_summary.json", summary)
+        # The dir is complete: only now anything is registered.
+        teacher = str(rep.get("teacher", {}).get("model", student.config.get("teacher", {})))
+        summary = register_export(
+            cfg, tr.run_id is not None, summary,
+            {"teacher": teacher, "accuracy": repr(summary["accuracy"]), "retention": repr(summary["retention"])},
+            lambda: _log_model(cfg.export_dir / "pyfunc", texts[:2], student.label_names))
+        champion, reason = summary["champion"], summary["gate_reason"]
 
-            q = {"accuracy": None, "kept": False, "reason": "export.quantize is false", "path": None}
-            if ec.quantize:
-                q = _try_int8(onnx_path, out / "model.int8.onnx", student, texts, labels, acc_fp32, cfg)
-            serve = Path(q["path"]) if (q["kept"] and ec.serve_int8) else onnx_path
-
-            import mlflow.pyfunc
-            import pandas as pd
-
-            bundle = pyfunc_bundle(student_dir, serve, student, Path(scratch) / "student")
-            kwargs = pyfunc_kwargs(bundle, Path(scratch) / "code", texts[:2], student.label_names)
-            mlflow.pyfunc.save_model(str(out / "pyfunc"), **kwargs)
-            check = mlflow.pyfunc.load_model(str(out / "pyfunc")).predict(pd.DataFrame({"text": texts[:8]}))
-            want = [student.label_names[i] for i in onnx_predict_logits(ort_session(serve), student, texts[:8]).argmax(1)]
-            if check["label"].tolist() != want:
-                raise ParityError(f"pyfunc predictions {check['label'].tolist()} differ from ONNX {want}")
-
-            summary = {
-                "onnx": {"path": "model.onnx", "opset": ec.opset, "bytes": onnx_path.stat().st_size,
-                         "parity_max_abs_diff": worst, "accuracy": acc_fp32},
-                "int8": {k: v for k, v in q.items() if k != "path"} | {"path": q["path"] and Path(q["path"]).name},
-                "served": serve.name, "student_dir": str(student_dir), "mode": student.mode,
-                "accuracy": accuracy, "retention": retention, "model_uri": None, "registered_model": None,
-                "registered_version": None, "champion": False, "gate_reason": None,
-            }
-            model_uri = version = reason = None
-            champion = False
-            if tr.run_id is not None:
-                info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(bundle, Path(scratch) / "code2", texts[:2], student.label_names))
-                model_uri = info.model_uri
-                if ec.register_model:
-                    tags = {
-                        "teacher": str(rep.get("teacher", {}).get("model", student.config.get("teacher", {}))),
-                        "data_card_sha256": data.sha256_file(card) if card.exists() else "",
-                        "mode": student.mode, "accuracy": repr(accuracy), "retention": repr(retention),
-                        "onnx": serve.name,
-                    }
-                    if cfg.tracking.kfp_run_id:
-                        tags["kfp_run_id"] = cfg.tracking.kfp_run_id
-                    version, champion, reason = register(cfg, model_uri, tags, accuracy, retention)
-                else:
-                    reason = "export.register_model is false"
-            else:
-                reason = "tracking disabled: nothing registered"
-            summary.update(model_uri=model_uri, registered_model=ec.model_name if version else None,
-                           registered_version=version, champion=champion, gate_reason=reason)
-            data.write_json(out / "export_summary.json", summary)
-
-        tr.log_metrics({"accuracy": accuracy, "retention": retention, "onnx_accuracy": acc_fp32,
-                        "parity_max_abs_diff": worst, "onnx_bytes": summary["onnx"]["bytes"],
-                        **report.flat_metrics({k: v for k, v in q.items() if k != "path"}, "int8.")})
+        tr.log_metrics({"accuracy": summary["accuracy"], "retention": summary["retention"],
+                        "dev_accuracy": decision["student"], "dev_retention": decision["retention"],
+                        "onnx_dev_accuracy": summary["onnx"]["dev_accuracy"],
+                        "parity_max_abs_diff": summary["onnx"]["parity_max_abs_diff"], "onnx_bytes": summary["onnx"]["bytes"],
+                        **report.flat_metrics({k: v for k, v in summary["int8"].items() if k != "path"}, "int8.")})
         tr.set_tags({"distilflow.champion": champion, **({"distilflow.gate": reason} if reason else {})})
         tr.log_artifacts(cfg.export_dir, "export")
 
     int8 = cfg.export_dir / "model.int8.onnx"
+    q = summary["int8"]
     return ExportResult(
         onnx_path=str(cfg.export_dir / "model.onnx"), onnx_int8_path=str(int8) if int8.exists() else None,
-        parity_max_abs_diff=worst, accuracy_fp32=acc_fp32, accuracy_int8=q["accuracy"], int8_kept=q["kept"],
-        int8_reason=q["reason"], pyfunc_dir=str(cfg.export_dir / "pyfunc"), model_uri=model_uri,
-        registered_model=summary["registered_model"], registered_version=version, champion=champion, gate_reason=reason,
+        parity_max_abs_diff=summary["onnx"]["parity_max_abs_diff"], dev_accuracy_fp32=summary["onnx"]["dev_accuracy"],
+        dev_accuracy_int8=q.get("dev_accuracy"), int8_kept=q["kept"], int8_reason=q["reason"],
+        pyfunc_dir=str(cfg.export_dir / "pyfunc"), model_uri=summary["model_uri"], registered_model=summary["registered_model"],
+        registered_version=summary["registered_version"], champion=champion, gate_reason=reason,
     )
+
+
+def _log_model(pyfunc_dir: Path, example_texts: list[str], label_names: list[str]):
+    """Log the saved pyfunc's own bundle and code (the bytes content_digest covers) to the step's run. -> mlflow's ModelInfo."""
+    import mlflow.pyfunc
+
+    from components.lib.pyfunc import BUNDLE
+
+    kwargs = pyfunc_kwargs(pyfunc_dir / "artifacts" / BUNDLE, [str(pyfunc_dir / "code" / "components")], example_texts,
+                           label_names)
+    return mlflow.pyfunc.log_model(name="model", **kwargs)
 
 
 def _try_int8(fp32: Path, out: Path, student, texts, labels, acc_fp32: float, cfg: PipelineConfig) -> dict:
     bs = cfg.evaluate.batch_size
     return try_int8(
-        fp32, out, cfg, metric="accuracy", label="accuracy", base=acc_fp32, items=texts, unit="examples",
+        fp32, out, cfg, metric="dev_accuracy", label="dev accuracy", base=acc_fp32, items=texts, unit="examples",
         measure=lambda sess: float((onnx_predict_logits(sess, student, texts).argmax(1) == labels).mean()),
         predict=lambda sess, b: onnx_predict_logits(sess, student, b, bs),
     )

@@ -1,11 +1,11 @@
 """export for token classification: the tagger as ONNX (+ int8) with a per-word parity check, an
-MLflow pyfunc that takes raw sentences and returns entity spans, the registry gate on entity F1.
+MLflow pyfunc that takes raw sentences and returns entity spans, the registry gate.
 
-Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/report.json (its
-entity F1 and retention decide the gate) and cfg.data_dir/test.parquet (parity and the int8 F1
-only). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when kept), pyfunc/,
-export_summary.json. ONNX export, parity and int8 are lib/onnx.py's; the bundle and the registry
-lib/registry.py's.
+Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/report.json (its dev
+block decides the gate) and cfg.data_dir/dev.parquet (parity and the int8 keep/drop on dev entity
+F1; test is evaluate's alone). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when
+kept), pyfunc/, export_summary.json; only then registers (lib/registry.publish: a rerun finds the
+version it registered before). ONNX export, parity and int8 are lib/onnx.py's.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ from components.lib.onnx import (
     ort_session,
     try_int8,
 )
-from components.lib.registry import pip_requirements, pyfunc_bundle, pyfunc_code_paths, read_report, register
+from components.lib.registry import (
+    content_digest,
+    inputs_digest,
+    pip_requirements,
+    pyfunc_bundle,
+    pyfunc_code_paths,
+    read_report,
+    register_export,
+    reusable_export,
+)
 from components.lib.task import Task
 from components.lib.tokens import argmax_tags
 
@@ -45,8 +54,8 @@ class TokenExportResult(BaseModel):
     onnx_path: str
     onnx_int8_path: str | None
     parity_max_abs_diff: float
-    f1_fp32: float  # entity F1 of the fp32 ONNX tagger on the test split
-    f1_int8: float | None
+    dev_f1_fp32: float  # entity F1 of the fp32 ONNX tagger on the dev split
+    dev_f1_int8: float | None  # the int8 graph's, which decided its keep/drop
     int8_kept: bool
     int8_reason: str
     pyfunc_dir: str
@@ -71,7 +80,7 @@ def sentence_texts(sentences: Sequence[Sequence[str]]) -> list[str]:
     return [" ".join(s) for s in sentences]
 
 
-def tagger_kwargs(bundle: Path, code_dir: Path, example_texts: list[str]) -> dict:
+def tagger_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str]) -> dict:
     """save_model/log_model arguments of the StudentTokenTagger pyfunc."""
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -85,7 +94,7 @@ def tagger_kwargs(bundle: Path, code_dir: Path, example_texts: list[str]) -> dic
     return {
         "python_model": StudentTokenTagger(),
         "artifacts": {BUNDLE: str(bundle)},
-        "code_paths": pyfunc_code_paths(code_dir, TAGGER_MODULES),
+        "code_paths": code_paths,
         # One unnamed string column, as for the classifier: a list of strings or a `text` DataFrame.
         "signature": ModelSignature(inputs=Schema([ColSpec("string")]),
                                     outputs=Schema([ColSpec(Array(entity), "entities"), ColSpec(Array("string"), "tags")])),
@@ -119,6 +128,39 @@ def _same_entities(got: list[list[dict]], want: list[list[dict]]) -> bool:
 
 # ---------------------------------------------------------------- the step
 
+def build(cfg: PipelineConfig, student, student_dir: Path, sentences, gold, out: Path, scratch: Path) -> dict:
+    """The export dir's contents into `out`; int8 kept or dropped on dev entity F1. -> the summary."""
+    import mlflow.pyfunc
+
+    ec = cfg.export
+    onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
+    session = ort_session(onnx_path, ec.num_threads)
+    worst = check_word_parity(student, session, sentences)
+    f1_fp32 = onnx_f1(session, student, sentences, gold)
+    log.info("ONNX parity on %d dev sentences: max |Δlogit| %.2e; dev entity F1 %.4f", len(sentences), worst, f1_fp32)
+    q = {"dev_f1": None, "kept": False, "reason": "export.quantize is false", "path": None}
+    if ec.quantize:
+        q = _try_int8(onnx_path, out / "model.int8.onnx", student, sentences, gold, f1_fp32, cfg)
+    serve = Path(q["path"]) if (q["kept"] and ec.serve_int8) else onnx_path
+
+    extra = {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer}
+    bundle = pyfunc_bundle(student_dir, serve, student, scratch / "student", extra)
+    texts = sentence_texts(sentences)
+    mlflow.pyfunc.save_model(str(out / "pyfunc"), **tagger_kwargs(bundle, pyfunc_code_paths(scratch / "code", TAGGER_MODULES),
+                                                                  texts[:2]))
+    got = mlflow.pyfunc.load_model(str(out / "pyfunc")).predict(texts[:8])["entities"].tolist()
+    want = expected_entities(ort_session(serve), student, texts[:8], cfg.data.pretokenizer)
+    if not _same_entities(got, want):
+        raise ParityError(f"pyfunc entities {got} differ from ONNX {want}")
+    return {
+        "task": Task.token_classification.value, "metric": METRIC,
+        "onnx": {"path": "model.onnx", "opset": ec.opset, "bytes": onnx_path.stat().st_size,
+                 "parity_max_abs_diff": worst, f"dev_{METRIC}": f1_fp32},
+        "int8": {k: v for k, v in q.items() if k != "path"} | {"path": q["path"] and Path(q["path"]).name},
+        "served": serve.name, "student_dir": str(student_dir), "mode": student.mode, "pretokenizer": cfg.data.pretokenizer,
+    }
+
+
 def run(cfg: PipelineConfig) -> TokenExportResult:
     import torch
 
@@ -134,92 +176,68 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
     if rep.get("metric") != METRIC:
         raise UserError(f"{cfg.eval_dir / 'report.json'}: metric is {rep.get('metric')!r}, not the token report's 'f1' "
                         "(re-run evaluate with task token-classification)")
-    test = token_data.read_token_labeled(cfg.data_dir / "test.parquet")
-    if test.label_names != student.label_names:
-        raise UserError(f"{student_dir}/config.json: label_names {student.label_names} differ from the test split's {test.label_names}")
-    sentences = test.table.column("tokens").to_pylist()
-    gold = ner_metrics.tag_names(test.table.column("tags").to_pylist(), test.label_names)
-    f1, retention = float(rep["student"][METRIC]), float(rep["retention"])
-    card = cfg.data_dir / "data_card.json"
+    dev = token_data.read_token_labeled(cfg.data_dir / "dev.parquet")
+    if dev.label_names != student.label_names:
+        raise UserError(f"{student_dir}/config.json: label_names {student.label_names} differ from the dev split's {dev.label_names}")
+    sentences = dev.table.column("tokens").to_pylist()
+    gold = ner_metrics.tag_names(dev.table.column("tags").to_pylist(), dev.label_names)
+    decision = rep["dev"]
     ec = cfg.export
+    inputs = inputs_digest(cfg, student_dir)
 
     with tracking.step_run(cfg, "export") as tr, tempfile.TemporaryDirectory() as scratch:
         tr.log_params({"export": ec.model_dump(mode="json"), "student_dir": str(student_dir), "mode": student.mode,
                        "task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer})
-        with data.atomic_dir(cfg.export_dir) as out:
-            onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
-            session = ort_session(onnx_path, ec.num_threads)
-            worst = check_word_parity(student, session, sentences)
-            f1_fp32 = onnx_f1(session, student, sentences, gold)
-            log.info("ONNX parity on %d test sentences: max |Δlogit| %.2e; entity F1 %.4f", len(sentences), worst, f1_fp32)
+        summary = reusable_export(cfg.export_dir, inputs)
+        if summary is None:
+            with data.atomic_dir(cfg.export_dir) as out:
+                summary = build(cfg, student, student_dir, sentences, gold, out, Path(scratch))
+                summary.update({
+                    METRIC: float(rep["student"][METRIC]), "retention": float(rep["retention"]), "dev": decision,
+                    "decision_split": "dev", "inputs_digest": inputs, "content_digest": content_digest(out / "pyfunc"),
+                    "model_uri": None, "registered_model": None, "registered_version": None, "champion": False,
+                    "gate_reason": None})
+                data.write_json(out / "export_summary.json", summary)
+        # The dir is complete: only now anything is registered.
+        teacher = str(rep.get("teacher", {}).get("model", student.config.get("teacher", {})))
+        tags = {"teacher": teacher, "task": Task.token_classification.value, "metric": METRIC,
+                METRIC: repr(summary[METRIC]), "retention": repr(summary["retention"])}
+        summary = register_export(cfg, tr.run_id is not None, summary, tags,
+                                  lambda: _log_model(cfg.export_dir / "pyfunc", sentence_texts(sentences[:2])))
+        champion, reason = summary["champion"], summary["gate_reason"]
 
-            q = {"f1": None, "kept": False, "reason": "export.quantize is false", "path": None}
-            if ec.quantize:
-                q = _try_int8(onnx_path, out / "model.int8.onnx", student, sentences, gold, f1_fp32, cfg)
-            serve = Path(q["path"]) if (q["kept"] and ec.serve_int8) else onnx_path
-
-            import mlflow.pyfunc
-
-            extra = {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer}
-            bundle = pyfunc_bundle(student_dir, serve, student, Path(scratch) / "student", extra)
-            texts = sentence_texts(sentences)
-            mlflow.pyfunc.save_model(str(out / "pyfunc"), **tagger_kwargs(bundle, Path(scratch) / "code", texts[:2]))
-            got = mlflow.pyfunc.load_model(str(out / "pyfunc")).predict(texts[:8])["entities"].tolist()
-            want = expected_entities(ort_session(serve), student, texts[:8], cfg.data.pretokenizer)
-            if not _same_entities(got, want):
-                raise ParityError(f"pyfunc entities {got} differ from ONNX {want}")
-
-            summary = {
-                "task": Task.token_classification.value, "metric": METRIC,
-                "onnx": {"path": "model.onnx", "opset": ec.opset, "bytes": onnx_path.stat().st_size,
-                         "parity_max_abs_diff": worst, METRIC: f1_fp32},
-                "int8": {k: v for k, v in q.items() if k != "path"} | {"path": q["path"] and Path(q["path"]).name},
-                "served": serve.name, "student_dir": str(student_dir), "mode": student.mode,
-                "pretokenizer": cfg.data.pretokenizer, METRIC: f1, "retention": retention, "model_uri": None,
-                "registered_model": None, "registered_version": None, "champion": False, "gate_reason": None,
-            }
-            model_uri = version = reason = None
-            champion = False
-            if tr.run_id is not None:
-                info = mlflow.pyfunc.log_model(name="model", **tagger_kwargs(bundle, Path(scratch) / "code2", texts[:2]))
-                model_uri = info.model_uri
-                if ec.register_model:
-                    tags = {
-                        "teacher": str(rep.get("teacher", {}).get("model", student.config.get("teacher", {}))),
-                        "data_card_sha256": data.sha256_file(card) if card.exists() else "",
-                        "mode": student.mode, "task": Task.token_classification.value, "metric": METRIC,
-                        METRIC: repr(f1), "retention": repr(retention), "onnx": serve.name,
-                    }
-                    if cfg.tracking.kfp_run_id:
-                        tags["kfp_run_id"] = cfg.tracking.kfp_run_id
-                    version, champion, reason = register(cfg, model_uri, tags, f1, retention, metric=METRIC)
-                else:
-                    reason = "export.register_model is false"
-            else:
-                reason = "tracking disabled: nothing registered"
-            summary.update(model_uri=model_uri, registered_model=ec.model_name if version else None,
-                           registered_version=version, champion=champion, gate_reason=reason)
-            data.write_json(out / "export_summary.json", summary)
-
-        tr.log_metrics({METRIC: f1, "retention": retention, "onnx_f1": f1_fp32, "parity_max_abs_diff": worst,
-                        "onnx_bytes": summary["onnx"]["bytes"],
-                        **report.flat_metrics({k: v for k, v in q.items() if k != "path"}, "int8.")})
+        tr.log_metrics({METRIC: summary[METRIC], "retention": summary["retention"], f"dev_{METRIC}": decision["student"],
+                        "dev_retention": decision["retention"], f"onnx_dev_{METRIC}": summary["onnx"][f"dev_{METRIC}"],
+                        "parity_max_abs_diff": summary["onnx"]["parity_max_abs_diff"], "onnx_bytes": summary["onnx"]["bytes"],
+                        **report.flat_metrics({k: v for k, v in summary["int8"].items() if k != "path"}, "int8.")})
         tr.set_tags({"distilflow.champion": champion, **({"distilflow.gate": reason} if reason else {})})
         tr.log_artifacts(cfg.export_dir, "export")
 
     int8 = cfg.export_dir / "model.int8.onnx"
+    q = summary["int8"]
     return TokenExportResult(
         onnx_path=str(cfg.export_dir / "model.onnx"), onnx_int8_path=str(int8) if int8.exists() else None,
-        parity_max_abs_diff=worst, f1_fp32=f1_fp32, f1_int8=q["f1"], int8_kept=q["kept"], int8_reason=q["reason"],
-        pyfunc_dir=str(cfg.export_dir / "pyfunc"), model_uri=model_uri, registered_model=summary["registered_model"],
-        registered_version=version, champion=champion, gate_reason=reason,
+        parity_max_abs_diff=summary["onnx"]["parity_max_abs_diff"], dev_f1_fp32=summary["onnx"][f"dev_{METRIC}"],
+        dev_f1_int8=q.get(f"dev_{METRIC}"), int8_kept=q["kept"], int8_reason=q["reason"],
+        pyfunc_dir=str(cfg.export_dir / "pyfunc"), model_uri=summary["model_uri"], registered_model=summary["registered_model"],
+        registered_version=summary["registered_version"], champion=champion, gate_reason=reason,
     )
+
+
+def _log_model(pyfunc_dir: Path, example_texts: list[str]):
+    """Log the saved pyfunc's own bundle and code (the bytes content_digest covers) to the step's run. -> mlflow's ModelInfo."""
+    import mlflow.pyfunc
+
+    from components.lib.pyfunc import BUNDLE
+
+    kwargs = tagger_kwargs(pyfunc_dir / "artifacts" / BUNDLE, [str(pyfunc_dir / "code" / "components")], example_texts)
+    return mlflow.pyfunc.log_model(name="model", **kwargs)
 
 
 def _try_int8(fp32: Path, out: Path, student, sentences, gold, f1_fp32: float, cfg: PipelineConfig) -> dict:
     bs = cfg.evaluate.batch_size
     return try_int8(
-        fp32, out, cfg, metric="f1", label="entity F1", base=f1_fp32, items=sentences, unit="sentences",
+        fp32, out, cfg, metric="dev_f1", label="dev entity F1", base=f1_fp32, items=sentences, unit="sentences",
         measure=lambda sess: onnx_f1(sess, student, sentences, gold),
         predict=lambda sess, b: onnx_predict_word_logits(sess, student, b, bs),
     )
