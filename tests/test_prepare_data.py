@@ -104,6 +104,22 @@ def test_dev_fixed_and_train_nested_as_n_grows(tmp_path):
     assert set(small["train"]["id"]) < set(big["train"]["id"])
 
 
+def test_dev_never_exceeds_train_unless_set(tmp_path, caplog):
+    """The low-resource default: dev per class is min(10, labels_per_class); an explicit larger dev is
+    honoured, warned about, and the data card records both budgets either way."""
+    src = sources(tmp_path / "src")
+    small = prepare_data.run(config(tmp_path, "n2", labels_per_class=2, dev_per_class=None, **src))
+    assert small.rows["dev"] == 2 * len(NAMES) and small.rows["train"] == 2 * len(NAMES)
+    assert card(Path(small.data_dir))["budgets"] == {"train_per_class": 2, "dev_per_class": 2, "dev_set_explicitly": False,
+                                                    "dev_above_train": False}
+    big = prepare_data.run(config(tmp_path, "n12", labels_per_class=12, dev_per_class=None, **src))
+    assert big.rows["dev"] == 10 * len(NAMES)  # capped at 10 per class
+    explicit = prepare_data.run(config(tmp_path, "explicit", labels_per_class=2, dev_per_class=4, **src))
+    assert explicit.rows["dev"] == 4 * len(NAMES)
+    assert card(Path(explicit.data_dir))["budgets"]["dev_above_train"] is True
+    assert "data.dev_per_class 4 > data.labels_per_class 2" in caplog.text
+
+
 def test_all_labels_and_transfer_cap(tmp_path):
     src = sources(tmp_path / "src")
     full = prepare_data.run(config(tmp_path, "all", labels_per_class=None, **src))

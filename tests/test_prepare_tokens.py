@@ -57,6 +57,11 @@ def test_wnut16_demo_counts_contract_and_determinism(tmp_path):
     assert result.task == "token-classification" and c["task"] == "token-classification"
     assert sum(result.rows.values()) + result.duplicates_removed == 2394  # every tweet accounted for
     assert result.rows["train"] == 50 and result.rows["dev"] == 30
+    assert c["budgets"] == {"train_sentences": 50, "dev_sentences": 30, "dev_set_explicitly": True, "dev_above_train": False,
+                            "per_language": False}
+    # unset, dev follows the train budget down: never more dev sentences than train ones
+    small = prepare_tokens.run(config(tmp_path, "small", source="demo:wnut16", train_sentences=40, dev_sentences=None))
+    assert small.rows["dev"] == 40 and card(Path(small.data_dir))["budgets"]["dev_sentences"] == 40
     assert result.rows["test"] == round(0.2 * (2394 - result.duplicates_removed))
     assert result.overlap_removed == 0 and set(c["checks"].values()) == {0}
     names = result.label_names
@@ -216,7 +221,7 @@ def test_demo_health_tweets_fill_the_transfer_set_after_the_source_rest(tmp_path
 
 def test_errors_in_process(tmp_path, monkeypatch):
     src = conll_sources(tmp_path / "src")
-    with pytest.raises(UserError, match=r"60 sentences left .* fewer than data.train_sentences \+ data.dev_sentences = 210"):
+    with pytest.raises(UserError, match=r"60 sentences left .* fewer than data.train_sentences \+ dev sentences \(data.dev_sentences\) = 210"):
         prepare_tokens.run(config(tmp_path, train_sentences=200, **src))
     with monkeypatch.context() as m:  # as on a machine without the demo extra
         m.setattr(token_ingest.importlib.util, "find_spec", lambda name: None)
@@ -257,7 +262,7 @@ def test_cli_unknown_tag_and_too_many_sentences(tmp_path):
     line = one_error_line(cli(*base, "data.label_names=[O, B-PER, I-PER, B-LOC, I-LOC]"))
     assert "train.iob:" in line and "tag 'B-ORG' is not among the tag names" in line and "data.label_names" in line
     line = one_error_line(cli(*base, "data.train_sentences=100"))
-    assert "fewer than data.train_sentences + data.dev_sentences = 200" in line
+    assert "fewer than data.train_sentences + dev sentences (data.dev_sentences) = 200" in line
     assert not (tmp_path / "out").exists()
     ok = cli(*base, "data.train_sentences=5", "data.dev_sentences=5")
     assert ok.returncode == 0, ok.stderr

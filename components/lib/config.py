@@ -47,6 +47,9 @@ class LanguageSource(Strict):
     dataset_config: str | None = Field(None, description="Hugging Face configuration of this language (e.g. wikiann: de)")
 
 
+DEFAULT_DEV_PER_CLASS, DEFAULT_DEV_SENTENCES = 10, 100
+
+
 class DataConfig(Strict):
     languages: list[LanguageSource] | None = Field(None, description="token classification: one labeled source per language, read into one set with a lang column; train_sentences/dev_sentences then apply per language and data.source is not read")
     source: str = Field("demo:bbc-news", description="demo:bbc-news, demo:wnut16, a datasets name or dir, or a CSV/JSONL/Parquet/CoNLL file (a path or an s3:// gs:// hf:// http(s):// URI)")
@@ -68,11 +71,11 @@ class DataConfig(Strict):
     conll_delimiter: Literal["whitespace", "tab"] = Field("whitespace", description="CoNLL files: what separates fields (tab: a word may hold spaces, as in CoNLL-U)")
     pretokenizer: Literal["whitespace", "words"] = Field("words", description="token classification: how raw-text transfer rows are split into words (whitespace, or words = runs of letters/digits and single punctuation)")
     train_sentences: int | None = Field(200, ge=1, description="token classification: labeled train sentences kept (the low-resource budget); None keeps all")
-    dev_sentences: int = Field(100, ge=1, description="token classification: labeled dev sentences, taken from train")
+    dev_sentences: int | None = Field(None, ge=1, description="token classification: labeled dev sentences, taken from train; None: min(100, train_sentences), never more dev than train unless set")
     label_names: list[str] | None = Field(None, description="class (or tag) names in index order; else taken from the source")
     label_map: dict[str, str] | None = Field(None, description="maps raw label values (as strings) to class names")
     labels_per_class: int | None = Field(20, ge=1, description="labeled train examples kept per class; None keeps all")
-    dev_per_class: int = Field(10, ge=1, description="labeled dev examples per class, taken from train")
+    dev_per_class: int | None = Field(None, ge=1, description="labeled dev examples per class, taken from train; None: min(10, labels_per_class), never more dev than train unless set")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified test share when the source has no test split")
     max_transfer_rows: int | None = Field(None, ge=1, description="cap on transfer-set rows after shuffling; None keeps all")
     clean_html: bool = Field(True, description="strip HTML tags such as <br /> from text")
@@ -81,6 +84,22 @@ class DataConfig(Strict):
     seed: int = Field(13, ge=0, description="seed of the low-resource sampling")
     row_group_rows: int = Field(2048, ge=64, description="rows per Parquet row group in written tables")
     output_dir: str | None = Field(None, description="where the split tables go (default <work_dir>/data)")
+
+    # Dev picks the best epoch of every phase and makes export's decisions: in the low-resource
+    # protocol it must not quietly become a second, larger label budget.
+    @property
+    def dev_budget(self) -> int:
+        """Dev examples per class (classification) as used: dev_per_class, else min(10, labels_per_class)."""
+        if self.dev_per_class is not None:
+            return self.dev_per_class
+        return min(DEFAULT_DEV_PER_CLASS, self.labels_per_class or DEFAULT_DEV_PER_CLASS)
+
+    @property
+    def dev_sentence_budget(self) -> int:
+        """Dev sentences (token classification) as used: dev_sentences, else min(100, train_sentences)."""
+        if self.dev_sentences is not None:
+            return self.dev_sentences
+        return min(DEFAULT_DEV_SENTENCES, self.train_sentences or DEFAULT_DEV_SENTENCES)
 
 
 class TeacherConfig(Strict):

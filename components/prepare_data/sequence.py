@@ -1,7 +1,8 @@
 """prepare-data for sequence classification: ingest a source, clean, de-duplicate, and make the low-resource split.
 
     train     N labeled examples per class (data.labels_per_class), sampled with data.seed
-    dev       data.dev_per_class labeled examples per class, also from the source's train split
+    dev       data.dev_per_class labeled examples per class (default min(10, labels_per_class): never
+              more dev than train unless set), also from the source's train split
     test      the official test split (test_source / test_split) or a stratified held-out share
     transfer  the rest of train with labels dropped + the unlabeled source, shuffled, capped
 
@@ -164,7 +165,7 @@ def low_resource_split(train: pd.DataFrame, dc: DataConfig, names: list[str], wh
     """Per class: dev first, then N train, the rest to transfer. Dev stays fixed and train sets
     are nested as N grows (same seed), which keeps a sweep over N comparable."""
     gen = rng(dc.seed, SAMPLE)
-    n, d = dc.labels_per_class, dc.dev_per_class
+    n, d = dc.labels_per_class, dc.dev_budget
     labels = train["label"].to_numpy()
     parts: dict[str, list[np.ndarray]] = {"train": [], "dev": [], "rest": []}
     for k, name in enumerate(names):
@@ -173,7 +174,7 @@ def low_resource_split(train: pd.DataFrame, dc: DataConfig, names: list[str], wh
         if len(idx) < need:
             raise DataError(
                 f"{where}: class '{name}' has {len(idx)} examples after cleaning and de-duplication, "
-                f"fewer than data.labels_per_class + data.dev_per_class = {need}")
+                f"fewer than data.labels_per_class + dev per class (data.dev_per_class) = {need}")
         perm = gen.permutation(idx)
         stop = len(perm) if n is None else d + n
         parts["dev"].append(perm[:d])
@@ -263,9 +264,21 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
         "duplicate_texts_with_conflicting_labels": conflicts,
         "checks": checks,
         "seed": dc.seed,
+        "budgets": budgets(dc),
         "config": dc.model_dump(mode="json"),
     }
     return frames, labels.names, card
+
+
+def budgets(dc: DataConfig) -> dict:
+    """The label budgets as used: train and dev per class, and whether dev was set above train."""
+    train, dev = dc.labels_per_class, dc.dev_budget
+    above = train is not None and dev > train
+    if above:
+        log.warning("data.dev_per_class %d > data.labels_per_class %d: dev is a larger label budget than train "
+                    "(it picks epochs and makes export's decisions)", dev, train)
+    return {"train_per_class": train, "dev_per_class": dev, "dev_set_explicitly": dc.dev_per_class is not None,
+            "dev_above_train": above}
 
 
 def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: dict, dc: DataConfig) -> None:

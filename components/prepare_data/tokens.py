@@ -1,7 +1,8 @@
 """prepare-data for token classification: whole sentences, the same low-resource protocol.
 
     train     data.train_sentences labeled sentences, sampled with data.seed
-    dev       data.dev_sentences labeled sentences, also from the source's train part
+    dev       data.dev_sentences labeled sentences (default min(100, train_sentences)), also from the
+              source's train part
     test      the official test data (data.test_source, or the dataset's test split), else a
               seeded data.test_fraction of the sentences
     transfer  the rest of train with its tags dropped + data.unlabeled_source (a tokens column,
@@ -157,11 +158,11 @@ def low_resource_split(train: pd.DataFrame, dc: DataConfig, where: str,
                        gen: np.random.Generator | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Dev first, then N train sentences, the rest to transfer: dev stays fixed and train sets are
     nested as N grows (same seed). `gen`: the sampling stream (one per language)."""
-    n, d = dc.train_sentences, dc.dev_sentences
+    n, d = dc.train_sentences, dc.dev_sentence_budget
     need = d + (n if n is not None else 1)
     if len(train) < need:
         raise UserError(f"{where}: {len(train)} sentences left after de-duplication and taking out the test sentences, fewer than "
-                        f"data.train_sentences + data.dev_sentences = {need} (lower them)")
+                        f"data.train_sentences + dev sentences (data.dev_sentences) = {need} (lower them)")
     perm = (gen or rng(dc.seed, SAMPLE)).permutation(len(train))
     stop = len(perm) if n is None else d + n
     return (train.iloc[np.sort(perm[d:stop])], train.iloc[np.sort(perm[:d])], train.iloc[np.sort(perm[stop:])])
@@ -278,9 +279,21 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
         "duplicate_sentences_with_conflicting_tags": conflicts,
         "checks": verify(frames, "key", count_duplicates=True),
         "seed": dc.seed,
+        "budgets": budgets(dc),
         "config": dc.model_dump(mode="json"),
     }
     return frames, space.names, card
+
+
+def budgets(dc: DataConfig) -> dict:
+    """The label budgets as used (per language with data.languages): train and dev sentences."""
+    train, dev = dc.train_sentences, dc.dev_sentence_budget
+    above = train is not None and dev > train
+    if above:
+        log.warning("data.dev_sentences %d > data.train_sentences %d: dev is a larger label budget than train "
+                    "(it picks epochs and makes export's decisions)", dev, train)
+    return {"train_sentences": train, "dev_sentences": dev, "dev_set_explicitly": dc.dev_sentences is not None,
+            "dev_above_train": above, "per_language": bool(dc.languages)}
 
 
 def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: dict, dc: DataConfig) -> None:
