@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -153,25 +152,6 @@ def compile_pipeline(cfg: PipelineConfig, out: Path, image: str | None = None) -
 
 # ---------------------------------------------------------------- local run
 
-class _TaskLog(logging.Filter):
-    """Sees kfp.local's 'Executing task' / 'cache hit' records on the root logger."""
-
-    _ansi = re.compile(r"\x1b\[[0-9;]*m")
-
-    def __init__(self):
-        super().__init__()
-        self.executed: list[str] = []
-        self.cached: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = self._ansi.sub("", str(record.getMessage()))
-        if m := re.match(r"Executing task '([^']+)'", msg):
-            self.executed.append(m.group(1))
-        elif m := re.match(r"Task (\S+) cache hit", msg):
-            self.cached.append(m.group(1))
-        return True
-
-
 def _copy_dir(src: Path, dst: Path) -> None:
     from components.lib.data import atomic_dir
 
@@ -179,8 +159,9 @@ def _copy_dir(src: Path, dst: Path) -> None:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
-def run_local(cfg: PipelineConfig, runner: str = "subprocess") -> dict:
-    """The whole DAG under kfp.local; returns what it wrote (also <work_dir>/last_run.json)."""
+def run_local(cfg: PipelineConfig, runner: str = "subprocess", verbose: bool = True) -> dict:
+    """The whole DAG under kfp.local; returns what it wrote (also <work_dir>/last_run.json).
+    verbose=False: one line per step on the terminal, kfp.local's full log in <work_dir>/kfp/<run_id>.log."""
     work = Path(cfg.work_dir).resolve()
     cfg = cfg.with_overrides({"work_dir": str(work)})  # steps (and containers) see one absolute path
     run_id = f"local-{uuid.uuid4().hex[:12]}"
@@ -188,7 +169,7 @@ def run_local(cfg: PipelineConfig, runner: str = "subprocess") -> dict:
     published = work / "kfp" / f"outputs-{run_id}.json"
     with _scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None, DISTILFLOW_OUTPUTS_FILE=str(published),
                      PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))):
-        return _run_local(cfg, runner, work, run_id)
+        return _run_local(cfg, runner, work, run_id, verbose)
 
 
 @contextlib.contextmanager
@@ -209,14 +190,19 @@ def _scoped_env(**values: str | None):
         apply(saved)
 
 
-def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dict:
+def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str, verbose: bool) -> dict:
     from kfp import local
 
     from components.lib import tracking
+    from components.lib.console import ANSI, RunConsole
     from components.lib.fingerprint import cache_salts
     from components.lib.summary import run_footer, summary_table
 
     parent = None
+    if not verbose:
+        import mlflow  # noqa: F401  (configures its loggers on import: quieten them after that)
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store set-up lines, in this process
     if cfg.tracking.enabled:
         parent = tracking.start_parent_run(cfg, run_name=f"{cfg.name} {run_id}", tags={
             "kfp.run_id": run_id, "distilflow.role": "parent", "distilflow.runner": runner})
@@ -241,7 +227,8 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
                raise_on_error=True)
     salts = cache_salts(cfg) if cfg.kubernetes.caching else None
     pipeline_fn = build_pipeline(cfg, local=True, cache_salts=salts)
-    task_log = _TaskLog()
+    (work / "kfp").mkdir(parents=True, exist_ok=True)
+    task_log = RunConsole(work / "kfp" / f"{run_id}.log", verbose, hidden=(FINALIZER, PUBLISH))
     root = logging.getLogger()
     root.addFilter(task_log)
     level = root.level
@@ -251,6 +238,9 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
     # kfp.local indents print() by swapping builtins.print per task; tasks running in parallel
     # threads can restore each other's swap and leave it indented for the rest of the process.
     print_fn = builtins.print
+    builtins.print = task_log.write
+    if not verbose:
+        print_fn(f"running {cfg.name} under kfp.local (run {run_id}); full log: {task_log.log_path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -260,10 +250,15 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str) -> dic
         published.unlink()
         ok = True
     except RuntimeError as err:
-        why = _TaskLog._ansi.sub("", str(err)).splitlines()[0]
-        raise UserError(f"pipeline {cfg.name} failed: {why} (its log is above)") from None
+        why = ANSI.sub("", str(err)).splitlines()[0]
+        if not verbose:
+            for task in task_log.unfinished():
+                print_fn(f"--- the end of {task}'s log ---\n{task_log.tail(task)}", file=sys.stderr)
+        where = "above" if verbose else f"above, whole: {task_log.log_path}"
+        raise UserError(f"pipeline {cfg.name} failed: {why} (its log is {where})") from None
     finally:
         builtins.print = print_fn
+        task_log.close()
         root.removeFilter(task_log)
         root.setLevel(level)
         if parent and not ok:
@@ -320,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p_run)
     p_run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
                        help="subprocess (this venv) or docker (the image, via DOCKER_HOST)")
+    p_run.add_argument("-v", "--verbose", action="store_true",
+                       help="show kfp.local's whole log (every step's output) instead of one line per step; "
+                            "it is always in <work_dir>/kfp/<run id>.log")
     p_compile = sub.add_parser("compile", help="compile the DAG to a KFP pipeline spec YAML")
     add_config_args(p_compile)
     p_compile.add_argument("-o", "--output", default=str(DEFAULT_MANIFEST), help="output YAML path")
@@ -350,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal exit_code
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":
-            run_local(cfg, args.runner)
+            run_local(cfg, args.runner, verbose=args.verbose)
             return None
         if args.command == "compile":
             out = compile_pipeline(cfg, Path(args.output), args.image)

@@ -89,11 +89,23 @@ def test_summary_table_rows():
     assert "retention (student/teacher accuracy): 0.979" in table
 
 
-def test_task_log_parses_kfp_local_records():
-    log = pipeline._TaskLog()
-    for msg in ["Executing task \x1b[96m'evaluate'\x1b[0m", "Task prepare-data cache hit (key=ab12); skipping execution."]:
-        log.filter(logging.LogRecord("root", logging.INFO, __file__, 1, msg, None, None))
-    assert log.executed == ["evaluate"] and log.cached == ["prepare-data"]
+def test_run_console_parses_kfp_local_records(tmp_path, capsys):
+    from components.lib.console import RunConsole
+
+    log = RunConsole(tmp_path / "run.log", verbose=False, hidden=("publish-outputs",))
+    msgs = ["Executing task \x1b[96m'evaluate'\x1b[0m", "Task prepare-data cache hit (key=ab12); skipping execution.",
+            "Task \x1b[96m'evaluate'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m", "Executing task 'publish-outputs'"]
+    shown = [log.filter(logging.LogRecord("root", logging.INFO, __file__, 1, msg, None, None)) for msg in msgs]
+    log.write("a line a step printed")
+    log.close()
+    assert log.executed == ["evaluate", "publish-outputs"] and log.cached == ["prepare-data"]
+    assert shown == [False] * 4  # quiet: kfp's own records never reach its handler
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(None, 1)[1] for line in lines] == [
+        "evaluate                     started", "prepare-data                 cached: outputs reused from an earlier run",
+        "evaluate                     done in 0.0 s"]
+    text = (tmp_path / "run.log").read_text()
+    assert "Executing task 'evaluate'" in text and "a line a step printed" in text and "\x1b" not in text
 
 
 # ---------------------------------------------------------------- integration: the whole DAG
@@ -134,9 +146,25 @@ def test_whole_pipeline_under_kfp_local_then_cached(tiny_env, capsys, monkeypatc
     assert {"prepare-data", "finetune-teacher", "evaluate", "export"} <= {r.info.run_name for r in children}
     assert sum(r.info.run_name == "pseudo-label-transfer-set" for r in children) == 2
 
-    # nothing changed: every task is reused, and the report is the same
-    second = pipeline.run_local(load_config(TINY))
+    # the first run (verbose) showed kfp.local's whole log, each step's own lines included
+    assert "Streamed logs" in out and "executor_input" in out and "distilflow.prepare_data prepared" in out
+    # each step's MLflow run holds its own log, whatever the terminal showed
+    prep = next(r for r in children if r.info.run_name == "prepare-data")
+    log_text = Path(mlflow.artifacts.download_artifacts(run_id=prep.info.run_id, artifact_path="logs/prepare-data.log",
+                                                        tracking_uri=first["tracking_uri"])).read_text()
+    assert "distilflow.prepare_data prepared" in log_text
+
+    # nothing changed: every task is reused, and the report is the same. Quiet this time: one line
+    # per step, the summary table; kfp.local's log only in the run's log file.
+    second = pipeline.run_local(load_config(TINY), verbose=False)
+    quiet = capsys.readouterr().out
     assert set(second["cached"]) == steps and second["executed"] == []
+    assert "Streamed logs" not in quiet and "executor_input" not in quiet and "student (soft+repr)" in quiet
+    step_lines = [line for line in quiet.splitlines() if "cached: outputs reused" in line]
+    assert {line.split()[1] for line in step_lines} == steps  # (the two pseudo-label shards share a name)
+    assert len(quiet.splitlines()) <= len(steps) + 12
+    full = (work / "kfp" / f"{second['kfp_run_id']}.log").read_text()
+    assert "cache hit" in full and "Pipeline 'distilflow-tiny' finished with status SUCCESS" in full
     assert second["seconds"] < first["seconds"] / 5
     assert json.loads(report_path.read_text()) == report
     assert len(client.search_model_versions("name='distilflow-tiny'")) == 1  # export was not re-run
@@ -149,9 +177,13 @@ def test_failed_step_is_one_line_and_fails_the_parent_run(tiny_env, tmp_path, ca
 
     bad = tmp_path / "bad.csv"
     bad.write_text("body,label\nhello,a\n")
-    code = pipeline.main(["run", "--config", str(TINY), "--set", f"data.source={bad}"])
-    err = capsys.readouterr().err.strip().splitlines()
+    code = pipeline.main(["run", "--config", str(TINY), "--set", f"data.source={bad}"])  # quiet: the default
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: pipeline distilflow-tiny failed") and "prepare-data" in err[-1]
+    # quiet, the failed step's own error still reaches the terminal (the log's tail), and where the whole log is
+    assert "bad.csv: column 'text' missing" in captured.err and "whole: " in err[-1]
+    assert "prepare-data" in captured.out and "failure in" in captured.out
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("distilflow-tiny")
     parents = client.search_runs([exp.experiment_id], "tags.`distilflow.role` = 'parent'")

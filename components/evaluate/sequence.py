@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
 from components.lib import data, report, report_md, tracking
 from components.lib.config import PipelineConfig
@@ -59,7 +60,8 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
         raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
     max_len, bs = cfg.teacher.max_length, cfg.evaluate.batch_size
     t0 = time.perf_counter()
-    logits, _ = score(model, tokenizer, texts, max_len, bs)
+    with tqdm(total=len(texts), desc="teacher: scoring test", unit="ex", disable=None) as bar:
+        logits, _ = score(model, tokenizer, texts, max_len, bs, progress=bar.update)
     log.info("teacher scored %d test texts in %.1fs", len(texts), time.perf_counter() - t0)
     speed, lat = timings(lambda b: score(model, tokenizer, b, max_len, bs), texts, cfg)
     out = report.classification_metrics(logits, labels, label_names, cfg.evaluate.ece_bins)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
 from components.lib import data, ner_metrics, report, report_md, token_data, tracking
 from components.lib.config import PipelineConfig
@@ -110,7 +111,8 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
         raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
     max_len, bs = cfg.teacher.max_length, cfg.evaluate.batch_size
     t0 = time.perf_counter()
-    logits, _ = score_words(model, tokenizer, sentences, max_len, bs)
+    with tqdm(total=len(sentences), desc="teacher: tagging test", unit="sent", disable=None) as bar:
+        logits, _ = score_words(model, tokenizer, sentences, max_len, bs, progress=bar.update)
     log.info("teacher tagged %d test sentences in %.1fs", len(sentences), time.perf_counter() - t0)
     pred = argmax_tags(logits, sentences, label_names)
     speed, lat = timings(lambda b: score_words(model, tokenizer, b, max_len, bs), sentences, cfg)

@@ -10,6 +10,7 @@ seconds and one line, not MLflow's minutes of retries and a traceback.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import time
@@ -231,11 +232,23 @@ def step_run(cfg: PipelineConfig, step: str) -> Iterator[StepTracker]:
         mlflow.end_run()
     run = mlflow.start_run(experiment_id=exp_id, run_name=step, tags=tags)
     status = "FAILED"
+    # The step's own log records (INFO and up, every logger) go to its run as logs/<step>.log,
+    # however quiet the terminal is (`distilflow run` without --verbose shows one line per step).
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
     try:
         yield StepTracker(run.info.run_id)
         status = "FINISHED"
     finally:
-        mlflow.end_run(status=status)
+        root.removeHandler(handler)
+        try:
+            mlflow.log_text(buffer.getvalue(), f"logs/{step}.log", run_id=run.info.run_id)
+        finally:
+            mlflow.end_run(status=status)
 
 
 def start_parent_run(cfg: PipelineConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:

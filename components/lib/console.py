@@ -1,0 +1,113 @@
+"""What `distilflow run` shows while kfp.local runs the DAG.
+
+Quiet by default: one line per step as it starts and as it ends (the time, and whether it ran, how
+long, or came from the cache), then the summary table. kfp.local's own output (the executor input
+JSON with the whole config, each step's streamed log, the outputs of every task) goes to the run's
+log file, <work_dir>/kfp/<run_id>.log, and with --verbose to the terminal as well. Each step also
+logs its own records to its MLflow run (lib/tracking.step_run), whatever the terminal shows.
+
+kfp.local writes in two ways, and both pass through here: log records on the root logger (this is
+a logging.Filter on it: dropping a record hides it from kfp's handler) and print() (write() is put
+in place of builtins.print for the run; kfp's per-task indenting print wraps it).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXECUTING = re.compile(r"Executing task '([^']+)'")
+_CACHED = re.compile(r"Task (\S+) cache hit")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class RunConsole(logging.Filter):
+    """kfp.local's records and prints -> the log file, and either everything (verbose) or one line
+    per step start and end to `out`. Also records which tasks ran and which came from the cache."""
+
+    def __init__(self, log_path: Path | None = None, verbose: bool = True, hidden: tuple[str, ...] = (),
+                 out: TextIO | None = None):
+        super().__init__()
+        self.executed: list[str] = []
+        self.cached: list[str] = []
+        self.verbose = verbose
+        self.hidden = set(hidden)  # bookkeeping tasks: logged, not announced
+        self.log_path = log_path
+        self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed in close())
+        self._out = out
+        self._print = builtins.print
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._task = threading.local()  # the task whose output this thread prints (kfp runs parallel tasks in threads)
+        self._lines: dict[str, list[str]] = {}
+        self._finished: set[str] = set()
+
+    # ---------------------------------------------------------------- the two inputs
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = ANSI.sub("", str(record.getMessage()))
+        self._to_log(f"{time.strftime('%H:%M:%S')} {record.levelname} {msg}\n")
+        if m := _EXECUTING.match(msg):
+            self.executed.append(m.group(1))
+            self._started[m.group(1)] = time.monotonic()
+            self._task.name = m.group(1)
+            self._announce(m.group(1), "started")
+        elif m := _CACHED.match(msg):
+            self.cached.append(m.group(1))
+            self._announce(m.group(1), "cached: outputs reused from an earlier run")
+        elif m := _FINISHED.match(msg):
+            name, state = m.group(1), m.group(2).lower()
+            if state == "success":
+                self._finished.add(name)
+            took = time.monotonic() - self._started.get(name, time.monotonic())
+            self._announce(name, f"{'done' if state == 'success' else state} in {took:.1f} s")
+        return self.verbose
+
+    def write(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+        """builtins.print while the DAG runs: to the log file, and to the terminal when verbose."""
+        if file not in (None, sys.stdout):
+            self._print(*args, sep=sep, end=end, file=file, flush=flush)
+            return
+        text = ANSI.sub("", (sep if sep is not None else " ").join(map(str, args)) + (end if end is not None else "\n"))
+        self._to_log(text)
+        if (task := getattr(self._task, "name", None)) is not None:
+            with self._lock:
+                self._lines.setdefault(task, []).extend(text.splitlines())
+        if self.verbose:
+            self._print(*args, sep=sep, end=end, flush=flush)
+
+    # ---------------------------------------------------------------- output
+
+    def _announce(self, task: str, what: str) -> None:
+        if self.verbose or task in self.hidden:
+            return
+        line = f"{time.strftime('%H:%M:%S')}  {task:<28} {what}"
+        with self._lock:
+            self._print(line, file=self._out or sys.stdout, flush=True)
+
+    def _to_log(self, text: str) -> None:
+        if self._log is not None:
+            with self._lock:
+                self._log.write(text)
+                self._log.flush()
+
+    def unfinished(self) -> list[str]:
+        """Steps that started and did not end in success: where a failed run failed."""
+        return [t for t in self.executed if t not in self._finished and t not in self.hidden]
+
+    def tail(self, task: str, lines: int = 30) -> str:
+        """The last lines `task` printed (what a quiet run shows when that step fails)."""
+        with self._lock:
+            return "\n".join(line for line in self._lines.get(task, [])[-lines:])
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
