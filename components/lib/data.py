@@ -151,6 +151,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_dir(root: str | Path, parts: tuple[str, ...] = (".",)) -> str:
+    """sha256 over (path relative to root, sha256) of every file under root/<part>, in path order."""
+    h = hashlib.sha256()
+    for part in parts:
+        for f in sorted(p for p in (Path(root) / part).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(root)}\n{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------- building tables
 
 def labeled_table(ids: list[str], texts: list[str], labels: list[int], label_names: list[str]) -> pa.Table:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.lib import assets, remote
-from components.lib.data import sha256_file
+from components.lib.data import sha256_dir, sha256_file
 from components.lib.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -158,13 +158,6 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
 
 
-def _dir_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{file.relative_to(path)}\n{sha256_file(file)}\n".encode())
-    return h.hexdigest()
-
-
 def read_hf(spec: str, dataset_config: str | None) -> RawSource:
     """load_from_disk for a save_to_disk dir, else load_dataset(spec, dataset_config)."""
     import datasets
@@ -173,7 +166,7 @@ def read_hf(spec: str, dataset_config: str | None) -> RawSource:
     try:
         if path.is_dir() and _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
-            prov: dict[str, Any] = {"path": spec, "format": "hf-disk", "sha256": _dir_digest(path)}
+            prov: dict[str, Any] = {"path": spec, "format": "hf-disk", "sha256": sha256_dir(path)}
         else:
             if spec.startswith((".", "/", "~")) and not path.exists():
                 raise DataError(f"{spec}: file or dataset dir not found")
