@@ -29,14 +29,13 @@ from components.lib.onnx import (
     try_int8,
 )
 from components.lib.registry import (
-    content_digest,
+    build_or_reuse,
     inputs_digest,
     pip_requirements,
     pyfunc_bundle,
     pyfunc_code_paths,
     read_report,
     register_export,
-    reusable_export,
 )
 
 log = logging.getLogger(__name__)
@@ -137,15 +136,9 @@ def run(cfg: PipelineConfig) -> ExportResult:
 
     with tracking.step_run(cfg, "export") as tr, tempfile.TemporaryDirectory() as scratch:
         tr.log_params({"export": ec.model_dump(mode="json"), "student_dir": str(student_dir), "mode": student.mode})
-        summary = reusable_export(cfg.export_dir, inputs)
-        if summary is None:
-            with data.atomic_dir(cfg.export_dir) as out:
-                summary = build(cfg, student, student_dir, texts, labels, out, Path(scratch))
-                summary.update(
-                    accuracy=float(rep["student"]["accuracy"]), retention=float(rep["retention"]), dev=decision,
-                    decision_split="dev", inputs_digest=inputs, content_digest=content_digest(out / "pyfunc"),
-                    model_uri=None, registered_model=None, registered_version=None, champion=False, gate_reason=None)
-                data.write_json(out / "export_summary.json", summary)
+        summary = build_or_reuse(
+            cfg.export_dir, inputs, lambda out: build(cfg, student, student_dir, texts, labels, out, Path(scratch)),
+            {"accuracy": float(rep["student"]["accuracy"]), "retention": float(rep["retention"]), "dev": decision})
         # The dir is complete: only now anything is registered.
         teacher = str(rep.get("teacher", {}).get("model", student.config.get("teacher", {})))
         summary = register_export(

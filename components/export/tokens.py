@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import data, ner_metrics, report, token_data, tracking
+from components.lib import ner_metrics, report, token_data, tracking
 from components.lib.config import PipelineConfig
 from components.lib.errors import UserError
 from components.lib.onnx import (
@@ -30,14 +30,13 @@ from components.lib.onnx import (
     try_int8,
 )
 from components.lib.registry import (
-    content_digest,
+    build_or_reuse,
     inputs_digest,
     pip_requirements,
     pyfunc_bundle,
     pyfunc_code_paths,
     read_report,
     register_export,
-    reusable_export,
 )
 from components.lib.task import Task
 from components.lib.tokens import argmax_tags
@@ -188,16 +187,9 @@ def run(cfg: PipelineConfig) -> TokenExportResult:
     with tracking.step_run(cfg, "export") as tr, tempfile.TemporaryDirectory() as scratch:
         tr.log_params({"export": ec.model_dump(mode="json"), "student_dir": str(student_dir), "mode": student.mode,
                        "task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer})
-        summary = reusable_export(cfg.export_dir, inputs)
-        if summary is None:
-            with data.atomic_dir(cfg.export_dir) as out:
-                summary = build(cfg, student, student_dir, sentences, gold, out, Path(scratch))
-                summary.update({
-                    METRIC: float(rep["student"][METRIC]), "retention": float(rep["retention"]), "dev": decision,
-                    "decision_split": "dev", "inputs_digest": inputs, "content_digest": content_digest(out / "pyfunc"),
-                    "model_uri": None, "registered_model": None, "registered_version": None, "champion": False,
-                    "gate_reason": None})
-                data.write_json(out / "export_summary.json", summary)
+        summary = build_or_reuse(
+            cfg.export_dir, inputs, lambda out: build(cfg, student, student_dir, sentences, gold, out, Path(scratch)),
+            {METRIC: float(rep["student"][METRIC]), "retention": float(rep["retention"]), "dev": decision})
         # The dir is complete: only now anything is registered.
         teacher = str(rep.get("teacher", {}).get("model", student.config.get("teacher", {})))
         tags = {"teacher": teacher, "task": Task.token_classification.value, "metric": METRIC,

@@ -79,24 +79,15 @@ def read_report(cfg: PipelineConfig) -> dict:
 
 # ---------------------------------------------------------------- a whole, reusable export dir
 
-def tree_digest(root: Path, parts: tuple[str, ...]) -> str:
-    """sha256 over (relative path, bytes) of every file under root/<part>, in path order."""
-    h = hashlib.sha256()
-    for part in parts:
-        for f in sorted(p for p in (root / part).rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(root)).encode() + b"\0" + data.sha256_file(f).encode())
-    return h.hexdigest()
-
-
 def content_digest(pyfunc_dir: Path) -> str:
     """What a registered version serves: the bundle (ONNX, tokenizer, pyfunc.json) and the code it
     ships; not MLmodel, which holds a creation time and a fresh uuid."""
-    return tree_digest(pyfunc_dir, ("artifacts", "code"))
+    return data.sha256_dir(pyfunc_dir, ("artifacts", "code"))
 
 
 def inputs_digest(cfg: PipelineConfig, student_dir: Path) -> str:
     """Everything an export dir is built from: the student, evaluate's report, the dev split, export.*."""
-    h = hashlib.sha256(tree_digest(student_dir, (".",)).encode())
+    h = hashlib.sha256(data.sha256_dir(student_dir).encode())
     for f in (cfg.eval_dir / "report.json", cfg.data_dir / "dev.parquet"):
         h.update(data.sha256_file(f).encode())
     # not what only registration reads (the name, the gate's bar, whether to register)
@@ -115,6 +106,20 @@ def reusable_export(export_dir: Path, inputs: str) -> dict | None:
     if summary.get("inputs_digest") != inputs or summary.get("content_digest") != content_digest(export_dir / "pyfunc"):
         return None
     log.info("%s: complete from an earlier run with the same inputs; reusing it", export_dir)
+    return summary
+
+
+def build_or_reuse(export_dir: Path, inputs: str, build: Callable[[Path], dict], fields: dict) -> dict:
+    """The export dir, whole: reused when complete from the same inputs, else build(tmp) writes it
+    into a temp dir that replaces export_dir with export_summary.json (build's summary + fields +
+    digests, registration fields empty) once complete. Registration comes after (register_export)."""
+    summary = reusable_export(export_dir, inputs)
+    if summary is None:
+        with data.atomic_dir(export_dir) as out:
+            summary = {**build(out), **fields, "decision_split": "dev", "inputs_digest": inputs,
+                       "content_digest": content_digest(out / "pyfunc"), "model_uri": None, "registered_model": None,
+                       "registered_version": None, "champion": False, "gate_reason": None}
+            data.write_json(out / "export_summary.json", summary)
     return summary
 
 
@@ -186,19 +191,15 @@ def publish(cfg: PipelineConfig, log_model: Callable[[], Any], tags: dict[str, s
     client = mlflow.MlflowClient(uri, uri)
     name, metric = cfg.export.model_name, dev["metric"]
     source = source_run(cfg)
-    champ_version, champ_score = current_champion(client, name, metric)
     mv = find_version(client, name, digest, source)
+    champ_version, champ_score = current_champion(client, name, metric)
     if mv is not None:
         model_uri, version = mv.source, str(mv.version)
         decided = mv.tags.get("distilflow.gate")
         log.info("%s v%s was registered from this content by this run earlier: not registering it again", name, version)
         if decided is not None:  # the gate ran then: report its decision, do not redo it
-            try:
-                holder = str(client.get_model_version_by_alias(name, CHAMPION).version)
-            except MlflowException:
-                holder = None
             reason = None if decided == "passed" else decided.removeprefix("failed: ")
-            return model_uri, version, holder == version, reason
+            return model_uri, version, champ_version == version, reason
         # registered, then a failure before the gate: the gate runs now (repair)
     else:
         info = log_model()
