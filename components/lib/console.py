@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +27,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
 _CACHED = re.compile(r"Task (\S+) cache hit")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+TAIL_LINES = 30  # of a failed step's own output, shown by a quiet run
 
 
 class RunConsole(logging.Filter):
@@ -46,7 +48,7 @@ class RunConsole(logging.Filter):
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._task = threading.local()  # the task whose output this thread prints (kfp runs parallel tasks in threads)
-        self._lines: dict[str, list[str]] = {}
+        self._lines: dict[str, deque[str]] = {}  # each task's last TAIL_LINES printed lines
         self._finished: set[str] = set()
 
     # ---------------------------------------------------------------- the two inputs
@@ -79,7 +81,7 @@ class RunConsole(logging.Filter):
         self._to_log(text)
         if (task := getattr(self._task, "name", None)) is not None:
             with self._lock:
-                self._lines.setdefault(task, []).extend(text.splitlines())
+                self._lines.setdefault(task, deque(maxlen=TAIL_LINES)).extend(text.splitlines())
         if self.verbose:
             self._print(*args, sep=sep, end=end, flush=flush)
 
@@ -102,10 +104,10 @@ class RunConsole(logging.Filter):
         """Steps that started and did not end in success: where a failed run failed."""
         return [t for t in self.executed if t not in self._finished and t not in self.hidden]
 
-    def tail(self, task: str, lines: int = 30) -> str:
-        """The last lines `task` printed (what a quiet run shows when that step fails)."""
+    def tail(self, task: str) -> str:
+        """The last TAIL_LINES lines `task` printed (what a quiet run shows when that step fails)."""
         with self._lock:
-            return "\n".join(line for line in self._lines.get(task, [])[-lines:])
+            return "\n".join(self._lines.get(task, ()))
 
     def close(self) -> None:
         if self._log is not None:
