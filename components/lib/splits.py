@@ -9,6 +9,7 @@ keep what differs: how labels are read and how train is cut per class or per sen
 from __future__ import annotations
 
 import html
+import logging
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from components.lib.errors import DataError
 
 HTML_TAG = r"</?[A-Za-z][^<>]*>"  # <br />, <i>, </p>; not "a < b > c"
 WHITESPACE = r"[\s\p{Z}]+"  # RE2: ASCII space classes + Unicode separators (nbsp from &nbsp;)
+log = logging.getLogger("distilflow.prepare_data")  # prepare-data is where these run
 # Independent random streams per purpose, so e.g. changing labels_per_class keeps the test hold-out.
 HOLDOUT, SAMPLE, SHUFFLE = 1, 2, 3
 
@@ -102,3 +104,13 @@ def verify(frames: dict[str, pd.DataFrame], key: str, count_duplicates: bool = F
     if any(checks.values()):
         raise AssertionError(f"prepare-data produced overlapping splits: {checks}")
     return checks
+
+
+def label_budgets(train: int | None, dev: int, explicit: bool, keys: tuple[str, str], fields: tuple[str, str]) -> dict:
+    """The data card's label budgets as used: train and dev (under `keys`), whether dev was set, and
+    whether it is above train, which is warned about, naming the config `fields` (train, dev)."""
+    above = train is not None and dev > train
+    if above:
+        log.warning("data.%s %d > data.%s %d: dev is a larger label budget than train (it picks epochs and makes "
+                    "export's decisions)", fields[1], dev, fields[0], train)
+    return {keys[0]: train, keys[1]: dev, "dev_set_explicitly": explicit, "dev_above_train": above}

@@ -39,6 +39,7 @@ from components.lib.splits import (
     clean_texts,
     dedupe,
     drop_overlap,
+    label_budgets,
     rng,
     verify,
 )
@@ -264,21 +265,11 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
         "duplicate_texts_with_conflicting_labels": conflicts,
         "checks": checks,
         "seed": dc.seed,
-        "budgets": budgets(dc),
+        "budgets": label_budgets(dc.labels_per_class, dc.dev_budget, dc.dev_per_class is not None,
+                                 ("train_per_class", "dev_per_class"), ("labels_per_class", "dev_per_class")),
         "config": dc.model_dump(mode="json"),
     }
     return frames, labels.names, card
-
-
-def budgets(dc: DataConfig) -> dict:
-    """The label budgets as used: train and dev per class, and whether dev was set above train."""
-    train, dev = dc.labels_per_class, dc.dev_budget
-    above = train is not None and dev > train
-    if above:
-        log.warning("data.dev_per_class %d > data.labels_per_class %d: dev is a larger label budget than train "
-                    "(it picks epochs and makes export's decisions)", dev, train)
-    return {"train_per_class": train, "dev_per_class": dev, "dev_set_explicitly": dc.dev_per_class is not None,
-            "dev_above_train": above}
 
 
 def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: dict, dc: DataConfig) -> None:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from components.lib import data, token_data, tokens, tracking
 from components.lib.config import DataConfig, PipelineConfig
 from components.lib.errors import DataError, UserError
-from components.lib.splits import HOLDOUT, SAMPLE, SHUFFLE, dedupe, drop_overlap, rng, verify
+from components.lib.splits import HOLDOUT, SAMPLE, SHUFFLE, dedupe, drop_overlap, label_budgets, rng, verify
 from components.lib.task import Task
 from components.lib.token_ingest import RawSentences, load_labeled, load_languages, load_unlabeled
 
@@ -279,21 +279,12 @@ def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
         "duplicate_sentences_with_conflicting_tags": conflicts,
         "checks": verify(frames, "key", count_duplicates=True),
         "seed": dc.seed,
-        "budgets": budgets(dc),
+        "budgets": {**label_budgets(dc.train_sentences, dc.dev_sentence_budget, dc.dev_sentences is not None,
+                                    ("train_sentences", "dev_sentences"), ("train_sentences", "dev_sentences")),
+                    "per_language": bool(dc.languages)},
         "config": dc.model_dump(mode="json"),
     }
     return frames, space.names, card
-
-
-def budgets(dc: DataConfig) -> dict:
-    """The label budgets as used (per language with data.languages): train and dev sentences."""
-    train, dev = dc.train_sentences, dc.dev_sentence_budget
-    above = train is not None and dev > train
-    if above:
-        log.warning("data.dev_sentences %d > data.train_sentences %d: dev is a larger label budget than train "
-                    "(it picks epochs and makes export's decisions)", dev, train)
-    return {"train_sentences": train, "dev_sentences": dev, "dev_set_explicitly": dc.dev_sentences is not None,
-            "dev_above_train": above, "per_language": bool(dc.languages)}
 
 
 def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: dict, dc: DataConfig) -> None:
