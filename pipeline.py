@@ -18,7 +18,6 @@ parent run FINISHED or FAILED whatever happens to them. Each step's `code_versio
 
 import argparse
 import builtins
-import contextlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from components import cluster
 from components.kfp_components import STUDENT_INPUTS, make_components
 from components.lib.cli import add_config_args, run_guarded
 from components.lib.config import KubernetesConfig, PipelineConfig, config_to_json, load_config
+from components.lib.env import scoped_env
 from components.lib.errors import UserError
 from components.serve.cli import add_serve_args, serve_command
 
@@ -167,27 +167,9 @@ def run_local(cfg: PipelineConfig, runner: str = "subprocess", verbose: bool = T
     run_id = f"local-{uuid.uuid4().hex[:12]}"
     project = str(Path(__file__).resolve().parent)
     published = work / "kfp" / f"outputs-{run_id}.json"
-    with _scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None, DISTILFLOW_OUTPUTS_FILE=str(published),
+    with scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None, DISTILFLOW_OUTPUTS_FILE=str(published),
                      PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))):
         return _run_local(cfg, runner, work, run_id, verbose)
-
-
-@contextlib.contextmanager
-def _scoped_env(**values: str | None):
-    """Set (or, for None, unset) environment variables for the block; the task subprocesses inherit them."""
-    def apply(items: dict[str, str | None]) -> None:
-        for key, value in items.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-    saved = {k: os.environ.get(k) for k in values}
-    apply(values)
-    try:
-        yield
-    finally:
-        apply(saved)
 
 
 def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str, verbose: bool) -> dict:

@@ -56,14 +56,10 @@ def _root_logging_restored() -> Iterator[None]:
 def _mlflow_env_restored() -> Iterator[None]:
     """mlflow.set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI:
     code under test that sets them (the serve CLI does) would point every later subprocess elsewhere."""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {k: os.environ.get(k) for k in keys}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    from components.lib.env import scoped_env
+
+    with scoped_env(**{k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ output as the local files; a missing bucket or object is one line naming the URI
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from components import prepare_data
 from components.lib import fingerprint, remote
 from components.lib.config import validate_config
 from components.lib.conll import write_conll
+from components.lib.env import scoped_env
 from components.lib.errors import DataError
 from tests.helpers import NER_TAGS, make_ner_sentences, make_topic_texts
 from tests.mlflow_server import free_port
@@ -41,34 +41,28 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     if not server.exists():
         pytest.fail("moto_server is not installed: pip install -e '.[dev]' (moto[server] is in the dev extra)")
     proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    saved = {k: os.environ.get(k) for k in (*S3_ENV, "AWS_ENDPOINT_URL")}
-    os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": endpoint})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # it answers
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {endpoint}")
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
+    with scoped_env(**S3_ENV, AWS_ENDPOINT_URL=endpoint):
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(endpoint, timeout=1).close()
+                    break
+                except urllib.error.HTTPError:
+                    break  # it answers
+                except (urllib.error.URLError, OSError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"moto_server did not start on {endpoint}")
+                    time.sleep(0.2)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            log.close()
 
 
 @pytest.fixture(scope="session")

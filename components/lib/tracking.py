@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.lib.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PipelineConfig
+from components.lib.env import scoped_env
 from components.lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def check_server(uri: str) -> None:
         tries += 1
         left = PROBE_SECONDS - (time.monotonic() - start)
         try:
-            with _scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, min(5, int(left))))):
+            with scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, min(5, int(left))))):
                 mlflow.MlflowClient(uri).search_experiments(max_results=1)
             _REACHED.add(uri)
             return
@@ -113,20 +114,6 @@ def _redacted(uri: str) -> str:
     scheme, sep, rest = uri.partition("://")
     host, at, path = rest.partition("@")
     return f"{scheme}{sep}***@{path}" if at and "/" not in host else uri
-
-
-@contextlib.contextmanager
-def _scoped_env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _artifact_location(cfg: PipelineConfig, uri: str) -> str | None:
