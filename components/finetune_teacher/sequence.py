@@ -16,7 +16,6 @@ are lib/finetune.py's, shared with token classification (finetune_teacher/tokens
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -139,7 +138,6 @@ def run(cfg: PipelineConfig) -> FinetuneResult:
             "source": tc.model,
         }
         save_teacher(cfg.teacher_dir, model, tokenizer, metrics)
-        shutil.rmtree(ckpt, ignore_errors=True)  # the output is complete: nothing to resume
         log.info("teacher: dev accuracy %.4f (best epoch %s of %d), %.1f train examples/s, %.0f s -> %s",
                  dev_acc, best, len(history), ex_per_s or 0.0, seconds, cfg.teacher_dir)
 

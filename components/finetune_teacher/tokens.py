@@ -13,7 +13,6 @@ differences:
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,7 +178,6 @@ def run(cfg: PipelineConfig) -> TokenFinetuneResult:
             "task": TASK,
         }
         F.save_teacher(cfg.teacher_dir, model, tokenizer, metrics)
-        shutil.rmtree(ckpt, ignore_errors=True)  # the output is complete: nothing to resume
         log.info("teacher: dev entity F1 %.4f (P %.4f R %.4f; best epoch %s of %d), %.1f train sentences/s, %.0f s -> %s",
                  scores["f1"], scores["precision"], scores["recall"], best, len(history), ex_per_s or 0.0, seconds,
                  cfg.teacher_dir)

@@ -209,11 +209,13 @@ def load_finetuned(src, ref: str, names: list[str], task: Task = Task.sequence_c
 
 
 def save_teacher(out_dir: Path, model, tokenizer, metrics: dict) -> None:
-    """The step's output, atomically: the Hugging Face dir (safetensors + tokenizer) + metrics.json."""
+    """The step's output, atomically: the Hugging Face dir (safetensors + tokenizer) + metrics.json;
+    then its epoch checkpoints go (the output is complete: nothing to resume)."""
     with data.atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         data.write_json(tmp / "metrics.json", metrics)
+    shutil.rmtree(checkpoint_dir(out_dir), ignore_errors=True)
 
 
 def log_model(tr: tracking.StepTracker, model, tokenizer, task: str, input_example: list[str]) -> str | None:
