@@ -101,6 +101,21 @@ def cut_repr(path: Path) -> None:
     _rewrite(path, "teacher_repr", _fixed(reprs[:, :-1], pa.float16()))
 
 
+def _distill_refuses(corrupt, message: str, tmp_path: Path, good: Path, data_dir: Path, teacher: Path, task: str,
+                     capsys) -> None:
+    """distill-student on a corrupted copy of a good pseudo table: exit 2, one line naming the file
+    and what is wrong, and no student dir (not even the token cache)."""
+    pseudo = tmp_path / "pseudo"
+    shutil.copytree(good, pseudo)
+    path = pseudo / "pseudo.parquet"
+    corrupt(path)
+    raw = _raw(tmp_path, data_dir, teacher, pseudo, task)
+    assert distill_student.main(_sets(raw)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and re.search(message, err[0]), err
+    assert not (tmp_path / "student").exists()
+
+
 @pytest.mark.parametrize(("corrupt", "message"), [
     (nan_logit, r"column 'teacher_logits' row 7: value nan is not finite \(1 bad values\)"),
     (label_past_the_end, r"column 'teacher_label' row 11: value 3 is outside 0\.\.2 \(1 bad values\)"),
@@ -108,15 +123,7 @@ def cut_repr(path: Path) -> None:
 ], ids=["nan-logit", "label-past-the-end", "cut-repr"])
 def test_distill_student_stops_on_a_corrupt_pseudo_table(corrupt, message, tmp_path, tiny_task_dir, labelled, capsys):
     teacher, good = labelled
-    pseudo = tmp_path / "pseudo"
-    shutil.copytree(good, pseudo)
-    path = pseudo / "pseudo.parquet"
-    corrupt(path)
-    raw = _raw(tmp_path, tiny_task_dir, teacher, pseudo, "sequence-classification")
-    assert distill_student.main(_sets(raw)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and re.search(message, err[0]), err
-    assert not (tmp_path / "student").exists()  # nothing written, not even the token cache
+    _distill_refuses(corrupt, message, tmp_path, good, tiny_task_dir, teacher, "sequence-classification", capsys)
 
 
 def test_the_uncorrupted_table_reads(labelled):
@@ -174,15 +181,8 @@ def ner_wide_logits(path: Path) -> None:
 ], ids=["inf-repr", "tag-past-the-end", "wide-logits"])
 def test_token_distill_stops_on_a_corrupt_pseudo_table(corrupt, message, tmp_path, tiny_ner_dir, tiny_ner_teacher_dir,
                                                        ner_labelled, capsys):
-    pseudo = tmp_path / "pseudo"
-    shutil.copytree(ner_labelled, pseudo)
-    path = pseudo / "pseudo.parquet"
-    corrupt(path)
-    raw = _raw(tmp_path, tiny_ner_dir, tiny_ner_teacher_dir, pseudo, "token-classification")
-    assert distill_student.main(_sets(raw)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and re.search(message, err[0]), err
-    assert not (tmp_path / "student").exists()
+    _distill_refuses(corrupt, message, tmp_path, ner_labelled, tiny_ner_dir, tiny_ner_teacher_dir, "token-classification",
+                     capsys)
 
 
 def test_null_entries_name_their_row(tmp_path):
