@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from components.lib import tracking
 from components.lib.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LIMIT_S = 30.0  # generous for a loaded CI box; the probe itself gives up within tracking.PROBE_SECONDS
+# Bounded by counting, not by timing (machines are noisy): at most this many tries, each with
+# MLflow's own retries off; the wall time is printed (-s), the benchmark-style figure.
 MAX_TRIES = len(tracking.PROBE_DELAYS) + 1
 
 
@@ -93,7 +95,8 @@ def assert_fails_fast(proc: subprocess.CompletedProcess, seconds: float, uri: st
     assert len(lines) == 1, proc.stderr  # nothing but the one error line: no retry warnings either
     assert lines[0].startswith(f"error: MLflow tracking server {uri} {state} (")
     assert "tracking.uri" in lines[0] and "tracking.enabled=false" in lines[0]
-    assert seconds < LIMIT_S, f"{seconds:.1f}s"
+    tries = re.search(r"\((?:[^;()]+); (\d+) tries in \d+s\)", lines[0])
+    assert tries is not None and 1 <= int(tries.group(1)) <= MAX_TRIES, lines[0]
     assert not work.exists(), sorted(p.name for p in work.rglob("*"))  # no data dir, no sqlite store, no kfp root
     print(f"{' '.join(proc.args[1:3])} {uri}: exit 2 after {seconds:.1f}s")  # the figure, with -s
 
@@ -126,10 +129,9 @@ def test_server_answering_500(args, answering, tmp_path):
 ])
 def test_a_refusal_is_not_retried(status, body, content_type, answering):
     server = answering(status, body, content_type)
-    start = time.monotonic()
     with pytest.raises(UserError, match=rf"^MLflow tracking server {server.uri} .*\(HTTP {status}\)") as err:
         tracking.check_server(server.uri)
-    assert server.requests == 1 and time.monotonic() - start < 5
+    assert server.requests == 1  # one try, no retries
     assert ("MLFLOW_TRACKING_USERNAME" in str(err.value)) == (status != 404)
     assert "\n" not in str(err.value)
 
