@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -145,12 +145,41 @@ def test_submit_image_override_reaches_every_executor(fake_kfp, capsys):
 
 
 def test_submit_nothing_listening_is_one_line(capsys):
-    start = time.monotonic()
     host = f"http://127.0.0.1:{free_port()}"
     assert pipeline.main(["submit", "--host", host]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and "cannot reach the KFP API" in err and host in err
-    assert time.monotonic() - start < 15
+
+
+def test_submit_dropped_connection_is_one_try(capsys):
+    """A listener that resets every connection (a dead pod behind a live port): submit fails after one
+    connection, before kfp.Client (whose urllib3 retries would connect again and again)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted: list[int] = []
+
+    def reset_all():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:  # closed by the test
+                return
+            accepted.append(1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            conn.close()
+
+    thread = threading.Thread(target=reset_all, daemon=True)
+    thread.start()
+    host = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        assert pipeline.main(["submit", "--host", host]) == 2
+    finally:
+        srv.close()
+        thread.join(timeout=5)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot reach the KFP API" in err and host in err
+    assert len(accepted) == 1
 
 
 def test_submit_server_error_is_one_line(fake_kfp, capsys):
