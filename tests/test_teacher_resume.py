@@ -116,14 +116,18 @@ def test_a_run_killed_after_early_stopping_trains_no_further(tmp_path, task, tin
     model, tok = T.load_teacher(tiny_bert_dir, label_names=train.label_names)
     fingerprint = F.run_fingerprint(cfg, [cfg.data_dir / "train.parquet", cfg.data_dir / "dev.parquet"], tiny_bert_dir, model)
     # the whole fit, checkpoints and all: what a process killed right after it leaves on disk
-    trainer, history, _, _ = sequence._train(cfg, model, tok, train, dev, F.checkpoint_dir(cfg.teacher_dir), fingerprint)
+    trainer, history, ex_per_s, _ = sequence._train(cfg, model, tok, train, dev, F.checkpoint_dir(cfg.teacher_dir), fingerprint)
     stopped = len(history)
     assert stopped < EPOCHS  # early stopping fired
+    # examples/s counts the epochs trained, not the planned ones (transformers 5 scales its figure by the steps run)
+    runtime = next(r["train_runtime"] for r in trainer.state.log_history if "train_runtime" in r)
+    assert ex_per_s == pytest.approx(stopped * len(train.table) / runtime, abs=1e-3)  # HF rounds to 3 decimals
 
     caplog.set_level(logging.INFO, logger="distilflow.finetune_teacher")
     res = finetune_teacher.run(cfg)
     assert _resumed_epoch(caplog) == stopped and any("early stopping had fired" in r.getMessage() for r in caplog.records)
     assert res.epochs_run == res.epochs_resumed == stopped  # no epoch trained past the stop
+    assert res.train_examples_per_s == 0.0  # and none trained by this process
     saved = load_file(cfg.teacher_dir / "model.safetensors")
     best = trainer.model.state_dict()
     assert all(torch.equal(saved[k], best[k]) for k in saved)  # the best epoch's weights, as the fit restored them
