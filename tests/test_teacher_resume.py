@@ -121,7 +121,7 @@ def test_a_run_killed_after_early_stopping_trains_no_further(tmp_path, task, tin
     assert stopped < EPOCHS  # early stopping fired
     # examples/s counts the epochs trained, not the planned ones (transformers 5 scales its figure by the steps run)
     runtime = next(r["train_runtime"] for r in trainer.state.log_history if "train_runtime" in r)
-    assert ex_per_s == pytest.approx(stopped * len(train.table) / runtime, abs=1e-3)  # HF rounds to 3 decimals
+    assert ex_per_s == pytest.approx(stopped * len(train.table) / runtime, rel=1e-2)  # HF rounds both figures
 
     caplog.set_level(logging.INFO, logger="distilflow.finetune_teacher")
     res = finetune_teacher.run(cfg)
