@@ -2,7 +2,8 @@
 pseudo-label step on a tiny teacher, corrupted the way a bad writer or a broken teacher would
 (NaN logits, a label past the last class, a cut representation), makes distill-student (and the
 merge) stop with exit code 2 and one line naming the file, the column and the first bad row,
-before anything is written. Also: the chunk fingerprint covers the device and compute dtype."""
+before anything is written. The pseudo-label step checks its teacher's output the same way before
+writing a chunk. Also: the chunk fingerprint covers the device and compute dtype."""
 
 from __future__ import annotations
 
@@ -206,3 +207,37 @@ def test_fingerprint_covers_device_and_compute_dtype(tmp_path, tiny_task_dir, ti
     model, _ = T.load_teacher(tiny_bert_dir, label_names=LABELS)
     assert T.compute_dtype(model, torch.device("cpu")) == "float32"
     assert T.compute_dtype(model.to(torch.bfloat16), torch.device("cpu")) == "bfloat16"
+
+
+# ---------------------------------------------------------------- the teacher's own output
+
+def test_non_finite_teacher_output_stops_before_its_chunk_is_written(tmp_path, tiny_task_dir, tiny_bert_dir, capsys):
+    """A teacher whose embedding of one word piece is NaN (what a broken checkpoint or a
+    half-precision overflow gives): rows without that piece score fine, the first row with it stops
+    the step with one line naming the transfer file, column and row; the chunks before it stay
+    (resumable), nothing of its chunk or any shard/merged file is written."""
+    model, tok = T.load_teacher(tiny_bert_dir, label_names=LABELS)
+    raw = _raw(tmp_path, tiny_task_dir, tmp_path / "teacher", tmp_path / "pseudo", "sequence-classification")
+    cfg = PipelineConfig.model_validate(raw)
+    texts = pq.read_table(tiny_task_dir / "transfer.parquet", columns=["text"]).column("text").to_pylist()
+    ids = tok(texts, truncation=True, max_length=cfg.transfer.max_length)["input_ids"]
+    first: dict[int, int] = {}
+    for row, seq in enumerate(ids):
+        for i in seq:
+            first.setdefault(i, row)
+    piece, row = min(((i, r) for i, r in first.items() if r >= cfg.transfer.chunk_rows), key=lambda x: x[1])
+    with torch.no_grad():
+        model.get_input_embeddings().weight[piece] = float("nan")
+    model.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    capsys.readouterr()
+
+    assert P.main(_sets(raw)) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress bars (loading, scoring), then the error
+    assert [line for line in err if "error" in line.lower() or "Traceback" in line] == err[-1:], err
+    assert re.fullmatch(rf"error: {re.escape(str(tiny_task_dir / 'transfer.parquet'))}: column 'teacher_logits' row {row}: "
+                        r"value nan is not finite \(\d+ bad values\) in the teacher's output \(.+, float32 on cpu\); "
+                        rf"rows {row // 50 * 50}\.\.{row // 50 * 50 + 49} not written, earlier chunks kept", err[-1]), err[-1]
+    chunks = sorted(p.name for p in (tmp_path / "pseudo").rglob("*.parquet"))
+    assert chunks == [f"rows-{a:012d}-{a + 50:012d}.parquet" for a in range(0, row // 50 * 50, 50)]
+    assert not list((tmp_path / "pseudo").rglob(".*.tmp"))

@@ -39,7 +39,7 @@ from components.lib import data, tracking
 from components.lib import teacher as T
 from components.lib.cli import add_config_args, run_guarded, step_main
 from components.lib.config import PipelineConfig, load_config
-from components.lib.errors import UserError
+from components.lib.errors import DataError, UserError
 from components.lib.shards import (
     COUNT_KEYS,
     MergeResult,
@@ -81,6 +81,17 @@ class PseudoLabelResult(BaseModel):
     words_cut: int | None = None
 
 
+def check_scores(chunk: pa.Table, transfer_path: Path, a: int, b: int, num_labels: int, teacher: str) -> None:
+    """The same checks every reader makes (labels in range, logits and representations finite), on
+    the teacher's output before it is written: a half-precision overflow or a broken checkpoint stops
+    here, naming the transfer row, instead of at the merge or in distill-student."""
+    try:
+        data.check_pseudo_values(chunk, transfer_path, {"num_labels": num_labels}, row0=a)
+    except DataError as err:
+        raise DataError(f"{err} in the teacher's output ({teacher}); rows {a}..{b - 1} not written, "
+                        "earlier chunks kept") from None
+
+
 def run(cfg: PipelineConfig) -> PseudoLabelResult:
     tc = cfg.transfer
     task = tokens if cfg.is_token_task else sequence
@@ -100,7 +111,8 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
     meta = task.describe({"teacher_digest": T.weights_digest(src, model), "layer": layer,
                           "pooling": tc.pooling if tc.keep_repr else None, "label_names": names,
                           "max_length": tc.max_length, "hidden_size": model.config.hidden_size})
-    key = fingerprint(meta, cfg, transfer_path, start, stop, total, device=device.type, dtype=T.compute_dtype(model, device))
+    key_dtype = T.compute_dtype(model, device)
+    key = fingerprint(meta, cfg, transfer_path, start, stop, total, device=device.type, dtype=key_dtype)
     shard_meta = {**meta, "shard_index": tc.shard_index, "num_shards": tc.num_shards, "row_start": start,
                   "row_stop": stop, "fingerprint": key}
     schema = task.schema(len(names), hidden, transfer_path)  # metadata (with any word counts) added below
@@ -137,6 +149,7 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
                     scored_rows += len(table)
                     bar.set_postfix(ex_per_s=f"{scored_rows / max(scoring_s, 1e-9):.1f}")
                     chunk = task.chunk_table(table, logits, reprs, shard_meta, transfer_path)
+                    check_scores(chunk, transfer_path, a, b, len(names), f"{src}, {key_dtype} on {device.type}")
                     data.write_table(chunk, path, row_group_rows=cfg.data.row_group_rows)
                     del table, logits, reprs, chunk
                     release_memory()
