@@ -210,7 +210,8 @@ def _run_local(cfg: PipelineConfig, runner: str, work: Path, run_id: str, verbos
     salts = cache_salts(cfg) if cfg.kubernetes.caching else None
     pipeline_fn = build_pipeline(cfg, local=True, cache_salts=salts)
     (work / "kfp").mkdir(parents=True, exist_ok=True)
-    task_log = RunConsole(work / "kfp" / f"{run_id}.log", verbose, hidden=(FINALIZER, PUBLISH))
+    task_log = RunConsole(work / "kfp" / f"{run_id}.log", verbose, hidden=(FINALIZER, PUBLISH),
+                          repeats={"pseudo-label-transfer-set": cfg.transfer.num_shards})
     root = logging.getLogger()
     root.addFilter(task_log)
     level = root.level

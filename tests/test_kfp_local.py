@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,48 @@ def test_run_console_parses_kfp_local_records(tmp_path, capsys):
     assert "Executing task 'evaluate'" in text and "a line a step printed" in text and "\x1b" not in text
 
 
+def test_run_console_numbers_a_parallel_for_s_runs(tmp_path, capsys):
+    """Two shards of one ParallelFor task run in two threads under one name: each line says which,
+    the second's end (logged in its own thread) is matched to its own start, and a failed shard's
+    tail holds only what that shard printed."""
+    from components.lib.console import RunConsole
+
+    log = RunConsole(tmp_path / "run.log", verbose=False, repeats={"shard-task": 2})
+    name = "'shard-task'"
+    started = [threading.Event(), threading.Event()]
+    second_done = threading.Event()
+
+    def record(msg: str) -> None:
+        log.filter(logging.LogRecord("root", logging.INFO, __file__, 1, msg, None, None))
+
+    def first():
+        record(f"Executing task {name}")
+        log.write("first shard's line")
+        started[0].set()
+        second_done.wait(5)
+        record(f"Task {name} finished with status FAILURE")
+
+    def second():
+        started[0].wait(5)
+        record(f"Executing task {name}")
+        log.write("second shard's line")
+        record(f"Task {name} finished with status SUCCESS")
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    log.close()
+    lines = [line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert [line.rsplit(" in ", 1)[0] for line in lines] == [
+        "shard-task [1/2]             started", "shard-task [2/2]             started",
+        "shard-task [2/2]             done", "shard-task [1/2]             failure"]
+    assert log.executed == ["shard-task", "shard-task"] and log.unfinished() == ["shard-task [1/2]"]
+    assert log.tail("shard-task [1/2]") == "first shard's line"
+
+
 # ---------------------------------------------------------------- integration: the whole DAG
 
 @pytest.mark.integration
@@ -160,12 +203,13 @@ def test_whole_pipeline_under_kfp_local_then_cached(tiny_env, capsys, monkeypatc
     quiet = capsys.readouterr().out
     assert set(second["cached"]) == steps and second["executed"] == []
     assert "Streamed logs" not in quiet and "executor_input" not in quiet and "student (soft+repr)" in quiet
-    step_lines = [line for line in quiet.splitlines() if "cached: outputs reused" in line]
-    assert {line.split()[1] for line in step_lines} == steps  # (the two pseudo-label shards share a name)
+    shown = [line.split(None, 1)[1].split(" cached: outputs reused")[0].strip()
+             for line in quiet.splitlines() if "cached: outputs reused" in line]
+    shards = ["pseudo-label-transfer-set [1/2]", "pseudo-label-transfer-set [2/2]"]  # one name, two shards
+    assert sorted(shown) == sorted(steps - {"pseudo-label-transfer-set"} | set(shards))
     assert len(quiet.splitlines()) <= len(steps) + 12
     full = (work / "kfp" / f"{second['kfp_run_id']}.log").read_text()
     assert "cache hit" in full and "Pipeline 'distilflow-tiny' finished with status SUCCESS" in full
-    assert second["seconds"] < first["seconds"] / 5
     assert json.loads(report_path.read_text()) == report
     assert len(client.search_model_versions("name='distilflow-tiny'")) == 1  # export was not re-run
 

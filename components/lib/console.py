@@ -35,12 +35,16 @@ class RunConsole(logging.Filter):
     per step start and end to `out`. Also records which tasks ran and which came from the cache."""
 
     def __init__(self, log_path: Path | None = None, verbose: bool = True, hidden: tuple[str, ...] = (),
-                 out: TextIO | None = None):
+                 out: TextIO | None = None, repeats: dict[str, int] | None = None):
         super().__init__()
-        self.executed: list[str] = []
+        self.executed: list[str] = []  # task names, once per execution
         self.cached: list[str] = []
         self.verbose = verbose
         self.hidden = set(hidden)  # bookkeeping tasks: logged, not announced
+        # tasks a ParallelFor runs more than once under one name (pseudo-label shards): shown as
+        # "name [i/n]", i counted as kfp.local starts them (in parallel threads: each thread's own)
+        self.repeats = dict(repeats or {})
+        self._seen: dict[str, int] = {}
         self.log_path = log_path
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed in close())
         self._out = out
@@ -48,7 +52,8 @@ class RunConsole(logging.Filter):
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._task = threading.local()  # the task whose output this thread prints (kfp runs parallel tasks in threads)
-        self._lines: dict[str, deque[str]] = {}  # each task's last TAIL_LINES printed lines
+        self._runs: list[str] = []  # the labels of the executions, in start order
+        self._lines: dict[str, deque[str]] = {}  # each execution's last TAIL_LINES printed lines
         self._finished: set[str] = set()
 
     # ---------------------------------------------------------------- the two inputs
@@ -57,20 +62,33 @@ class RunConsole(logging.Filter):
         msg = ANSI.sub("", str(record.getMessage()))
         self._to_log(f"{time.strftime('%H:%M:%S')} {record.levelname} {msg}\n")
         if m := _EXECUTING.match(msg):
+            label = self._label(m.group(1))
             self.executed.append(m.group(1))
-            self._started[m.group(1)] = time.monotonic()
-            self._task.name = m.group(1)
-            self._announce(m.group(1), "started")
+            with self._lock:
+                self._runs.append(label)
+                self._started[label] = time.monotonic()
+            self._task.name, self._task.label = m.group(1), label
+            self._announce(m.group(1), label, "started")
         elif m := _CACHED.match(msg):
             self.cached.append(m.group(1))
-            self._announce(m.group(1), "cached: outputs reused from an earlier run")
+            self._announce(m.group(1), self._label(m.group(1)), "cached: outputs reused from an earlier run")
         elif m := _FINISHED.match(msg):
             name, state = m.group(1), m.group(2).lower()
+            # kfp.local logs a task's end in the thread that started it
+            label = self._task.label if getattr(self._task, "name", None) == name else name
             if state == "success":
-                self._finished.add(name)
-            took = time.monotonic() - self._started.get(name, time.monotonic())
-            self._announce(name, f"{'done' if state == 'success' else state} in {took:.1f} s")
+                self._finished.add(label)
+            took = time.monotonic() - self._started.get(label, time.monotonic())
+            self._announce(name, label, f"{'done' if state == 'success' else state} in {took:.1f} s")
         return self.verbose
+
+    def _label(self, name: str) -> str:
+        """`name`, or `name [i/n]` for the i-th of a task run n times."""
+        if self.repeats.get(name, 1) <= 1:
+            return name
+        with self._lock:
+            self._seen[name] = i = self._seen.get(name, 0) + 1
+        return f"{name} [{i}/{self.repeats[name]}]"
 
     def write(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
         """builtins.print while the DAG runs: to the log file, and to the terminal when verbose."""
@@ -79,7 +97,7 @@ class RunConsole(logging.Filter):
             return
         text = ANSI.sub("", (sep if sep is not None else " ").join(map(str, args)) + (end if end is not None else "\n"))
         self._to_log(text)
-        if (task := getattr(self._task, "name", None)) is not None:
+        if (task := getattr(self._task, "label", None)) is not None:
             with self._lock:
                 self._lines.setdefault(task, deque(maxlen=TAIL_LINES)).extend(text.splitlines())
         if self.verbose:
@@ -87,10 +105,10 @@ class RunConsole(logging.Filter):
 
     # ---------------------------------------------------------------- output
 
-    def _announce(self, task: str, what: str) -> None:
-        if self.verbose or task in self.hidden:
+    def _announce(self, name: str, label: str, what: str) -> None:
+        if self.verbose or name in self.hidden:
             return
-        line = f"{time.strftime('%H:%M:%S')}  {task:<28} {what}"
+        line = f"{time.strftime('%H:%M:%S')}  {label:<28} {what}"
         with self._lock:
             self._print(line, file=self._out or sys.stdout, flush=True)
 
@@ -101,11 +119,11 @@ class RunConsole(logging.Filter):
                 self._log.flush()
 
     def unfinished(self) -> list[str]:
-        """Steps that started and did not end in success: where a failed run failed."""
-        return [t for t in self.executed if t not in self._finished and t not in self.hidden]
+        """Executions (labels) that started and did not end in success: where a failed run failed."""
+        return [t for t in self._runs if t not in self._finished and t.split(" [")[0] not in self.hidden]
 
     def tail(self, task: str) -> str:
-        """The last TAIL_LINES lines `task` printed (what a quiet run shows when that step fails)."""
+        """The last TAIL_LINES lines the execution `task` (a label) printed (what a quiet run shows when it fails)."""
         with self._lock:
             return "\n".join(self._lines.get(task, ()))
 
