@@ -3,6 +3,7 @@ bucketing, shards + merge, resume after kill -9, bounded streaming."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,3 +191,25 @@ def test_resume_after_kill_is_byte_identical(tmp_path, teacher_dir):
         assert (crashed.pseudo_dir / rel).read_bytes() == (clean.pseudo_dir / rel).read_bytes(), rel
     again = P.run(crashed)  # a complete shard is not scored twice
     assert again.chunks_reused == 21 and again.examples_per_s == 0.0
+
+
+def test_tokenizer_threads_change_no_output(tmp_path, tiny_task_dir, teacher_dir, monkeypatch):
+    """The fast tokenizer may use several threads while the teacher scores (the bound on a GPU node):
+    the env it needs is set around each chunk's scoring only, and the table is byte-identical."""
+    seen: list[tuple[str | None, str | None]] = []
+    tokenize = T.token_lengths
+
+    def recording(*args, **kwargs):  # the real tokenisation, plus what the env said during it
+        seen.append((os.environ.get("TOKENIZERS_PARALLELISM"), os.environ.get("RAYON_NUM_THREADS")))
+        return tokenize(*args, **kwargs)
+
+    monkeypatch.setattr(T, "token_lengths", recording)
+    before = (os.environ.get("TOKENIZERS_PARALLELISM"), os.environ.get("RAYON_NUM_THREADS"))
+    P.run(_cfg(tmp_path, tiny_task_dir, teacher_dir, out="one", tokenizer_threads=1))
+    first = len(seen)  # one call per sort window
+    P.run(_cfg(tmp_path, tiny_task_dir, teacher_dir, out="two", tokenizer_threads=2))
+    assert first > 0 and seen == [("false", "1")] * first + [("true", "2")] * first
+    assert (os.environ.get("TOKENIZERS_PARALLELISM"), os.environ.get("RAYON_NUM_THREADS")) == before
+    assert (tmp_path / "one" / "pseudo.parquet").read_bytes() == (tmp_path / "two" / "pseudo.parquet").read_bytes()
+    manifest = json.loads(next((tmp_path / "two").glob("manifest-shard-*.json")).read_text())
+    assert manifest["tokenizer_threads"] == 2

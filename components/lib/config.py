@@ -132,6 +132,7 @@ class TransferConfig(Strict):
     num_shards: int = Field(1, ge=1, le=1024, description="row-range shards for parallel pods")
     shard_index: int = Field(0, ge=0, description="which shard this process labels")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    tokenizer_threads: int | None = Field(None, ge=1, description="threads the fast tokenizer uses while the teacher scores (the bound on a GPU node); None: as many as torch uses in the step; 1: one, as TOKENIZERS_PARALLELISM=false. Changes no output")
     output_dir: str | None = Field(None, description="pseudo-labeled set (default <work_dir>/pseudo)")
 
     @model_validator(mode="after")
