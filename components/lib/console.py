@@ -52,7 +52,7 @@ class RunConsole(logging.Filter):
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._task = threading.local()  # the task whose output this thread prints (kfp runs parallel tasks in threads)
-        self._runs: list[str] = []  # the labels of the executions, in start order
+        self._runs: list[tuple[str, str]] = []  # (task name, label) of each execution, in start order
         self._lines: dict[str, deque[str]] = {}  # each execution's last TAIL_LINES printed lines
         self._finished: set[str] = set()
 
@@ -65,7 +65,7 @@ class RunConsole(logging.Filter):
             label = self._label(m.group(1))
             self.executed.append(m.group(1))
             with self._lock:
-                self._runs.append(label)
+                self._runs.append((m.group(1), label))
                 self._started[label] = time.monotonic()
             self._task.name, self._task.label = m.group(1), label
             self._announce(m.group(1), label, "started")
@@ -120,7 +120,7 @@ class RunConsole(logging.Filter):
 
     def unfinished(self) -> list[str]:
         """Executions (labels) that started and did not end in success: where a failed run failed."""
-        return [t for t in self._runs if t not in self._finished and t.split(" [")[0] not in self.hidden]
+        return [label for name, label in self._runs if label not in self._finished and name not in self.hidden]
 
     def tail(self, task: str) -> str:
         """The last TAIL_LINES lines the execution `task` (a label) printed (what a quiet run shows when it fails)."""
