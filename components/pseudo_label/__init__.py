@@ -122,6 +122,7 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
                           "pooling": tc.pooling if tc.keep_repr else None, "label_names": names,
                           "max_length": tc.max_length, "hidden_size": model.config.hidden_size})
     key_dtype = T.compute_dtype(model, device)
+    scorer = f"{src}, {key_dtype} on {device.type}"  # named when its output fails the checks
     tok_threads = tc.tokenizer_threads or torch.get_num_threads()
     key = fingerprint(meta, cfg, transfer_path, start, stop, total, device=device.type, dtype=key_dtype)
     shard_meta = {**meta, "shard_index": tc.shard_index, "num_shards": tc.num_shards, "row_start": start,
@@ -161,7 +162,7 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
                     scored_rows += len(table)
                     bar.set_postfix(ex_per_s=f"{scored_rows / max(scoring_s, 1e-9):.1f}")
                     chunk = task.chunk_table(table, logits, reprs, shard_meta, transfer_path)
-                    check_scores(chunk, transfer_path, a, b, len(names), f"{src}, {key_dtype} on {device.type}")
+                    check_scores(chunk, transfer_path, a, b, len(names), scorer)
                     data.write_table(chunk, path, row_group_rows=cfg.data.row_group_rows)
                     del table, logits, reprs, chunk
                     release_memory()
