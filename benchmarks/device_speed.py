@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import torch
 
+    from components.lib import data
     from components.lib.student_io import load_student, pad_batch, tokenize_ids
     from components.lib.teacher import autocast_args, load_teacher, pick_device, score, token_lengths
     from components.lib.torch_utils import length_batches
@@ -112,11 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     res["student_forward_ex_per_s"] = timed(student_forward)
     res["speedup_text"] = res["student_text_ex_per_s"] / res["teacher_text_ex_per_s"]
     res["speedup_forward"] = res["student_forward_ex_per_s"] / res["teacher_forward_ex_per_s"]
-    text = json.dumps(res, indent=1)
-    print(text)
+    print(json.dumps(res, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        data.write_json(args.out, res)
     return 0
 
 

@@ -64,11 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             tables[1].column("teacher_label").to_numpy())),
            "max_abs_logit_diff_1_vs_default": float(np.abs(logits[2] - logits[1]).max()),
            "max_abs_logit_diff_1_vs_1": float(np.abs(logits[2] - logits[0]).max())}
-    text = json.dumps(res, indent=1)
-    print(text)
+    print(json.dumps(res, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        data.write_json(args.out, res)
     return 0
 
 
