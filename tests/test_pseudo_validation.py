@@ -23,6 +23,7 @@ from components.lib import data, shards
 from components.lib import teacher as T
 from components.lib.config import PipelineConfig
 from components.lib.errors import DataError
+from components.lib.pseudo_values import check_pseudo_values
 from tests.helpers import LABELS, NER_TAGS
 
 torch.set_num_threads(1)
@@ -192,7 +193,7 @@ def test_null_entries_name_their_row(tmp_path):
     col = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12, np.float32)), 3, mask=pa.array([False, False, True, False]))
     table = table.set_column(3, table.schema.field(3), col)
     with pytest.raises(DataError, match=r"p.parquet: column 'teacher_logits' row 2: null \(1 nulls\)"):
-        data.check_pseudo_values(table, tmp_path / "p.parquet", {"num_labels": 3})
+        check_pseudo_values(table, tmp_path / "p.parquet", {"num_labels": 3})
 
 
 # ---------------------------------------------------------------- chunk fingerprints

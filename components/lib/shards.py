@@ -1,7 +1,7 @@
 """Sharded, resumable Parquet writing for the pseudo-label step, both contracts: row ranges per
 shard, chunk fingerprints (same fingerprint, same bytes), streaming writes with fixed row groups,
 and the merge that checks every transfer id appears exactly once, in transfer order (and every
-row's values, as a read does: lib/data.py's check_pseudo_values).
+row's values, as a read does: lib/pseudo_values.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from components.lib import data, token_data
 from components.lib.config import PipelineConfig
 from components.lib.errors import DataError, UserError
+from components.lib.pseudo_values import check_pseudo_values
 
 log = logging.getLogger("distilflow.pseudo_label")
 # Keys that differ between shards of one job; dropped from the merged table's metadata.
@@ -222,7 +223,7 @@ def merge(shard_files: list[Path], transfer_path: Path, out_path: Path, row_grou
                 want = ids.take(len(part)).cast(pa.string())
                 if not part.column("id").combine_chunks().cast(pa.string()).equals(want):
                     raise DataError(f"{f}: ids do not line up with {transfer_path}: {_diagnose(ordered, transfer_path)}")
-                data.check_pseudo_values(part, f, meta_of[f], row0=row)
+                check_pseudo_values(part, f, meta_of[f], row0=row)
                 row += len(part)
                 got += len(part)
                 yield part

@@ -11,7 +11,7 @@ first sub-piece). Pseudo rows keep only the words the teacher saw: `tokens` is c
 words inside transfer.max_length, so every list in a row has the same length. Pseudo tables are
 checked on read as lib/data.py's: tags in [0, C), logits and representations finite, C and H
 matching the metadata's label_names and hidden_size. The file-level machinery (atomic writes,
-metadata, row-group streaming, those value checks) is lib/data.py's.
+metadata, row-group streaming) is lib/data.py's, the value checks lib/pseudo_values.py's.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.lib.data import (
-    check_pseudo_values,
-    check_widths,
     label_names_meta,
     open_parquet,
     read_metadata,
@@ -34,6 +32,7 @@ from components.lib.data import (
     with_metadata,
 )
 from components.lib.errors import DataError
+from components.lib.pseudo_values import check_pseudo_values, check_widths
 
 TOKEN_LABELED_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.list_(pa.string())), ("tags", pa.list_(pa.int64()))])
 TOKEN_TRANSFER_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.list_(pa.string()))])

@@ -41,6 +41,7 @@ from components.lib.cli import add_config_args, run_guarded, step_main
 from components.lib.config import PipelineConfig, load_config
 from components.lib.env import scoped_env
 from components.lib.errors import DataError, UserError
+from components.lib.pseudo_values import check_pseudo_values
 from components.lib.shards import (
     COUNT_KEYS,
     MergeResult,
@@ -96,7 +97,7 @@ def check_scores(chunk: pa.Table, transfer_path: Path, a: int, b: int, num_label
     the teacher's output before it is written: a half-precision overflow or a broken checkpoint stops
     here, naming the transfer row, instead of at the merge or in distill-student."""
     try:
-        data.check_pseudo_values(chunk, transfer_path, {"num_labels": num_labels}, row0=a)
+        check_pseudo_values(chunk, transfer_path, {"num_labels": num_labels}, row0=a)
     except DataError as err:
         raise DataError(f"{err} in the teacher's output ({teacher}); rows {a}..{b - 1} not written, "
                         "earlier chunks kept") from None
