@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from components.lib import data
-    from components.lib.student_io import load_student, pad_batch, tokenize_ids
-    from components.lib.teacher import autocast_args, load_teacher, pick_device, score, token_lengths
-    from components.lib.torch_utils import length_batches
+    from components.lib.contracts import data
+    from components.lib.core.torch_utils import length_batches
+    from components.lib.models.student_io import load_student, pad_batch, tokenize_ids
+    from components.lib.models.teacher import autocast_args, load_teacher, pick_device, score, token_lengths
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("unit", type=Path, help="a paper_table unit dir, e.g. runs/paper_table/b500/s1")

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def base_config(args: argparse.Namespace, work: Path):
-    from components.lib.config import load_config
+    from components.lib.settings.config import load_config
 
     if args.data_dir:
         os.environ["UNER_DIR"] = str(Path(args.data_dir).resolve())
@@ -79,7 +79,7 @@ def register_teacher(cfg, model_uri: str) -> str:
     """Register the fine-tuned teacher once; later steps read it as models:/NAME/VERSION."""
     import mlflow
 
-    from components.lib import tracking
+    from components.lib.tracking import runs as tracking
 
     name = f"{cfg.export.model_name}-teacher"
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
@@ -183,7 +183,7 @@ def markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    from components.lib import data
+    from components.lib.contracts import data
 
     records = run_all(args)
     summary = summarise(records)

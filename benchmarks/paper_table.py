@@ -160,8 +160,8 @@ def preset_name(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
-    from components.lib.config import load_config
-    from components.lib.errors import UserError
+    from components.lib.core.errors import UserError
+    from components.lib.settings.config import load_config
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

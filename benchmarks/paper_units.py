@@ -50,7 +50,7 @@ def teacher_epochs_for(spec: str | None, budget: int) -> int | None:
 
 def unit_config(base, args, budget: int, seed: int, unit_dir: Path):
     """The config of one (budget, seed): imdb.yaml + the knobs + --set, every dir inside unit_dir."""
-    from components.lib.config import parse_set
+    from components.lib.settings.config import parse_set
 
     o: dict[str, Any] = {
         "data.labels_per_class": budget, "data.seed": seed, "teacher.seed": seed, "student.seed": seed,
@@ -110,8 +110,8 @@ def fingerprint(key: dict) -> str:
 
 def run_unit(marker: Path, key: dict, label: str, fn: Callable[[], Any]) -> dict:
     """Run fn unless marker records the same fingerprint; record result, wall time and load."""
-    from components.lib import data
-    from components.lib.cli import to_jsonable
+    from components.lib.contracts import data
+    from components.lib.settings.cli import to_jsonable
 
     fp = fingerprint(key)
     if marker.exists():
@@ -147,7 +147,7 @@ def subsample_test(src: Path, dst: Path, rows: int, exclude: int = 0) -> Path:
     The official test split is identical for every seed, so every unit gets the same subsample.
     exclude > 0 first drops the seed-0 subsample of that size (the one `rows=exclude` would give),
     so a table can be measured on reviews its settings were never chosen on."""
-    from components.lib import data
+    from components.lib.contracts import data
 
     test = data.read_labeled(src / "test.parquet")
     labels = np.asarray(test.table.column("label").to_numpy())
@@ -174,7 +174,7 @@ def parent_run(cfg, unit_dir: Path, budget: int, seed: int) -> str | None:
     """One MLflow parent run per (budget, seed), its id kept in the unit dir so a rerun reuses it."""
     if not cfg.tracking.enabled:
         return None
-    from components.lib import tracking
+    from components.lib.tracking import runs as tracking
 
     path = unit_dir / "mlflow_parent_run.json"
     if path.exists():
@@ -189,7 +189,7 @@ def parent_run(cfg, unit_dir: Path, budget: int, seed: int) -> str | None:
 def run_budget_seed(base, args, budget: int, seed: int, work: Path, modes: list[str]) -> dict:
     """Every step of one (budget, seed), each as a resumable unit; returns the unit records."""
     from components import distill_student, evaluate, finetune_teacher, prepare_data, pseudo_label
-    from components.lib.config import StudentMode
+    from components.lib.settings.config import StudentMode
 
     unit_dir = work / f"b{budget}" / f"s{seed}"
     cfg, overrides = unit_config(base, args, budget, seed, unit_dir)
@@ -223,7 +223,7 @@ def run_budget_seed(base, args, budget: int, seed: int, work: Path, modes: list[
 
     step("evaluate", evaluate_all)
     if parent is not None:
-        from components.lib import tracking
+        from components.lib.tracking import runs as tracking
 
         tracking.end_parent_run(cfg, parent, ok=True)
     return {"budget": budget, "seed": seed, "unit_dir": str(unit_dir), "overrides": overrides, "steps": records}

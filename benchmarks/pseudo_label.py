@@ -36,7 +36,7 @@ def make_transfer(src: Path, rows: int, out_dir: Path, row_group_rows: int) -> P
     """First `rows` rows of any Parquet with a text column, as a transfer-set data dir."""
     import pyarrow.parquet as pq
 
-    from components.lib import data
+    from components.lib.contracts import data
 
     pf = pq.ParquetFile(src)
     cols = ["text"] + (["id"] if "id" in pf.schema_arrow.names else [])
@@ -54,9 +54,9 @@ def make_teacher(ref: str, out: Path) -> Path:
     (throughput does not depend on what the head learned)."""
     import torch
 
-    from components.lib import teacher as T
-    from components.lib.config import PACKAGED_TEACHER, PipelineConfig
-    from components.lib.tracking import resolve_model_ref
+    from components.lib.models import teacher as T
+    from components.lib.settings.config import PACKAGED_TEACHER, PipelineConfig
+    from components.lib.tracking.runs import resolve_model_ref
 
     src = resolve_model_ref(PACKAGED_TEACHER if ref == "packaged" else ref, PipelineConfig())
     if T.head_is_trained(src):
@@ -70,7 +70,7 @@ def make_teacher(ref: str, out: Path) -> Path:
 
 def child_component(args) -> dict:
     from components import pseudo_label
-    from components.lib.config import PipelineConfig
+    from components.lib.settings.config import PipelineConfig
 
     cfg = PipelineConfig.model_validate({
         "work_dir": args.work, "data": {"output_dir": args.data_dir},
@@ -88,7 +88,7 @@ def child_naive(args) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from components.lib import teacher as T
+    from components.lib.models import teacher as T
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
-    from components.lib.config import load_config
+    from components.lib.settings.config import load_config
 
     cfg = load_config(args.config)
     work = args.work_dir.resolve()

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from components import pseudo_label as P
-    from components.lib import data
-    from components.lib.config import load_config
+    from components.lib.contracts import data
+    from components.lib.settings.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, required=True, help="a prepared data dir (transfer.parquet)")

@@ -53,8 +53,8 @@ STUDENT_INPUTS = {  # evaluate's optional inputs, one per student mode
 
 def step_config(config_json: str, dirs: dict[str, Any]):
     """The step's PipelineConfig: the JSON parameter + artifact dirs + this run's tracking ids."""
-    from components.lib import tracking
-    from components.lib.config import config_from_json
+    from components.lib.settings.config import config_from_json
+    from components.lib.tracking import runs as tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     cfg = config_from_json(config_json)
@@ -79,7 +79,7 @@ def student_dir_in(artifact_path: str, mode: str) -> Path:
 def record(metrics, result: Any, prefix: str = "") -> dict[str, float]:
     """Log the result's numeric fields into Output[Metrics], and write them to its path too:
     kfp.local treats an artifact whose file is missing as a cache miss."""
-    from components.lib.cli import to_jsonable
+    from components.lib.settings.cli import to_jsonable
 
     values: dict[str, float] = {}
 
@@ -105,8 +105,8 @@ def finish_parent_run(config_json: str, state: str, error: str | None = None) ->
     with KFP_RUN_ID, created here when every step was a cache hit, so each KFP run has one."""
     import mlflow
 
-    from components.lib import tracking
-    from components.lib.config import config_from_json
+    from components.lib.settings.config import config_from_json
+    from components.lib.tracking import runs as tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     cfg = config_from_json(config_json)

@@ -56,7 +56,7 @@ def _root_logging_restored() -> Iterator[None]:
 def _mlflow_env_restored() -> Iterator[None]:
     """mlflow.set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI:
     code under test that sets them (the serve CLI does) would point every later subprocess elsewhere."""
-    from components.lib.env import scoped_env
+    from components.lib.core.env import scoped_env
 
     with scoped_env(**{k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}):
         yield
@@ -64,7 +64,7 @@ def _mlflow_env_restored() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def packaged_teacher_dir() -> Path:
-    from components.lib.assets import packaged_teacher_dir
+    from components.lib.sources.assets import packaged_teacher_dir
 
     return packaged_teacher_dir()
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from components.lib.config import PipelineConfig
+    from components.lib.settings.config import PipelineConfig
 
 # ---------------------------------------------------------------- the synthetic topic task
 
@@ -53,7 +53,7 @@ def make_topic_texts(n_per_class: int, seed: int = 0) -> tuple[list[str], list[i
 
 def write_tiny_task(out: Path, train: int = 8, dev: int = 8, test: int = 20, transfer: int = 80, seed: int = 0) -> Path:
     """train/dev/test/transfer Parquet of the synthetic topic task, per the data contracts."""
-    from components.lib import data
+    from components.lib.contracts import data
 
     texts, labels, names = make_topic_texts(train + dev + test + transfer, seed=seed)
     by_class: dict[int, list[int]] = {}
@@ -119,7 +119,7 @@ def make_ner_sentences(n: int, seed: int = 0) -> tuple[list[list[str]], list[lis
 def write_tiny_ner_task(out: Path, train: int = 24, dev: int = 12, test: int = 30, transfer: int = 120,
                         seed: int = 0, langs: bool = False) -> Path:
     """train/dev/test/transfer Parquet of a synthetic NER task, per the token contracts."""
-    from components.lib import data, token_data
+    from components.lib.contracts import data, token_data
 
     sents, tags, names = make_ner_sentences(train + dev + test + transfer, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,8 @@ def build_tiny_student(out: Path, tokenizer_dir: Path, steps: int = 40, seed: in
     import torch
     from transformers import AutoTokenizer
 
-    from components.lib.student import BiLSTMStudent, StudentArch, VocabMap
-    from components.lib.student_io import encode, save_student, tokenize_ids
+    from components.lib.core.student import BiLSTMStudent, StudentArch, VocabMap
+    from components.lib.models.student_io import encode, save_student, tokenize_ids
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     texts, labels, names = make_topic_texts(60, seed=7)
@@ -204,7 +204,7 @@ def make_work_dir(root: Path, tokenizer_dir: Path, students: dict[str, int], tea
 
 
 def tiny_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineConfig:
-    from components.lib.config import PipelineConfig
+    from components.lib.settings.config import PipelineConfig
 
     raw = {
         "work_dir": str(work_dir),
@@ -224,7 +224,7 @@ MAX_LEN = 24  # student pieces: short enough that long inputs get cut off
 
 def piece_batch(tok, sentences, tags, max_length):
     """Pre-split sentences + tag ids -> teacher piece ids (ragged), per-piece labels (-100 off first pieces)."""
-    from components.lib.tokens import encode_words, piece_labels
+    from components.lib.core.tokens import encode_words, piece_labels
 
     enc = encode_words(tok, sentences, max_length)
     labels = [piece_labels(enc.first_piece[i], tags[i], len(enc.input_ids[i])) for i in range(len(sentences))]
@@ -243,7 +243,7 @@ def build_tiny_token_teacher(out: Path, base_dir: Path, steps: int = 40) -> Path
     """A 2-layer, 32-wide BertForTokenClassification over NER_TAGS (from tiny_bert_dir), trained `steps` steps."""
     import torch
 
-    from components.lib.teacher import load_teacher
+    from components.lib.models.teacher import load_teacher
 
     torch.manual_seed(0)
     model, tok = load_teacher(base_dir, label_names=NER_TAGS, task="token-classification")
@@ -269,8 +269,8 @@ def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, se
     import torch
     from transformers import AutoTokenizer
 
-    from components.lib.student import PAD, BiLSTMStudent, StudentArch, VocabMap
-    from components.lib.student_io import save_student
+    from components.lib.core.student import PAD, BiLSTMStudent, StudentArch, VocabMap
+    from components.lib.models.student_io import save_student
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     sents, tags, names = make_ner_sentences(80, seed=5)
@@ -313,7 +313,7 @@ def make_ner_work_dir(root: Path, base_dir: Path, students: dict[str, int], teac
 
 
 def ner_cfg(work_dir: Path, tracking_uri: str | None, **sections) -> PipelineConfig:
-    from components.lib.config import PipelineConfig
+    from components.lib.settings.config import PipelineConfig
 
     raw = {
         "task": "token-classification",

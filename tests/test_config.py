@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from components.lib import config as C
-from components.lib.cli import step_main
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
+from components.lib.settings import config as C
+from components.lib.settings.cli import step_main
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from components.lib.conll import iter_conll, read_conll, write_conll
-from components.lib.errors import DataError, UserError
+from components.lib.core.errors import DataError, UserError
+from components.lib.sources.conll import iter_conll, read_conll, write_conll
 
 
 def write(tmp_path, text: str | bytes, name: str = "ner.txt"):

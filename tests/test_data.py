@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.lib import data
-from components.lib.errors import DataError
+from components.lib.contracts import data
+from components.lib.core.errors import DataError
 
 NAMES = ["sport", "tech", "money"]
 
@@ -231,3 +231,17 @@ def test_published_files_get_umask_modes(tmp_path):
         os.umask(old)
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "d" / "train.parquet").stat().st_mode & 0o777 == 0o644
+
+
+def test_read_splits_checks_every_split_against_the_first(tmp_path):
+    from components.lib.contracts import token_data
+
+    data.write_table(data.labeled_table(["1", "2"], ["a", "b"], [0, 1], ["x", "y"]), tmp_path / "train.parquet")
+    data.write_table(data.labeled_table(["3"], ["c"], [1], ["x", "y"]), tmp_path / "dev.parquet")
+    data.write_table(data.labeled_table(["4"], ["d"], [0], ["x", "z"]), tmp_path / "test.parquet")
+    got = data.read_splits(tmp_path, ("train", "dev"), data.read_labeled)
+    assert list(got) == ["train", "dev"] and got["dev"].label_names == ["x", "y"]
+    with pytest.raises(DataError, match=r"test\.parquet: label names \['x', 'z'\] differ from train's \['x', 'y'\]"):
+        data.read_splits(tmp_path, ("train", "dev", "test"), data.read_labeled)
+    with pytest.raises(DataError, match="train.parquet"):  # the reader's own contract check still runs
+        data.read_splits(tmp_path, ("train",), token_data.read_token_labeled)

@@ -18,8 +18,8 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 # The lowest release with what the code calls; pyproject's floor must not go below it.
 NEEDS = {
-    "torch": ("2.4", "torch.onnx.export(..., dynamo=False) in lib/onnx.py"),
-    "transformers": ("5.0", "TrainingArguments(warmup_steps=<float ratio>) in lib/finetune.py"),
+    "torch": ("2.4", "torch.onnx.export(..., dynamo=False) in lib/publish/onnx.py"),
+    "transformers": ("5.0", "TrainingArguments(warmup_steps=<float ratio>) in lib/training/finetune.py"),
     "mlflow": ("3.11", "log_model(name=...) (3.0); the transformers flavor on transformers 5 (3.11)"),
     "kfp": ("2.17", "kfp.local.init(enable_caching=...) in pipeline.py"),
     "kfp-kubernetes": ("2.15", "kubernetes.use_secret_as_env(..., optional=True) in pipeline.py"),

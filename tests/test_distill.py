@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from components import distill_student
 from components.distill_student import sequence as distill_sequence
-from components.lib import data, training
-from components.lib.config import PipelineConfig, StudentConfig, StudentMode
-from components.lib.student import BiLSTMStudent, StudentArch
-from components.lib.student_io import load_student, predict_logits
+from components.lib.contracts import data
+from components.lib.core.student import BiLSTMStudent, StudentArch
+from components.lib.models.student_io import load_student, predict_logits
+from components.lib.settings.config import PipelineConfig, StudentConfig, StudentMode
+from components.lib.training import distill as training
 from tests.helpers import FILLER, TOPICS
 
 torch.set_num_threads(1)
@@ -304,7 +305,7 @@ def test_resume_after_interruption_gives_the_same_student(tmp_path, tiny_task_di
 def test_mlflow_run_logs_params_metrics_and_the_student(tmp_path, tiny_task_dir, pseudo_dir, tiny_bert_dir):
     import mlflow
 
-    from components.lib import tracking
+    from components.lib.tracking import runs as tracking
 
     cfg = make_cfg(tmp_path, tiny_task_dir, pseudo_dir, tiny_bert_dir, "labels-only", tracking=True, label_epochs=3)
     result = distill_student.run(cfg)
@@ -320,7 +321,7 @@ def test_mlflow_run_logs_params_metrics_and_the_student(tmp_path, tiny_task_dir,
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, tiny_task_dir, tiny_bert_dir):
-    from components.lib.errors import UserError
+    from components.lib.core.errors import UserError
 
     cfg = make_cfg(tmp_path, tiny_task_dir, tmp_path / "nowhere", tiny_bert_dir, "soft")
     with pytest.raises(UserError, match="pseudo.parquet: file not found"):

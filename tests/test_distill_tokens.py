@@ -17,11 +17,13 @@ from safetensors.torch import load_file
 
 from components import distill_student
 from components.distill_student import tokens as distill_tokens
-from components.lib import data, losses, token_data, training
-from components.lib.config import PipelineConfig, StudentMode
-from components.lib.errors import DataError, UserError
-from components.lib.ner_metrics import entity_scores, tag_names
-from components.lib.student_io import load_student, predict_tags, word_ids
+from components.lib.contracts import data, token_data
+from components.lib.core import losses
+from components.lib.core.errors import DataError, UserError
+from components.lib.core.ner_metrics import entity_scores, tag_names
+from components.lib.models.student_io import load_student, predict_tags, word_ids
+from components.lib.settings.config import PipelineConfig, StudentMode
+from components.lib.training import distill as training
 from tests.helpers import NER_TAGS, make_ner_sentences
 
 torch.set_num_threads(1)
@@ -103,8 +105,8 @@ def test_masked_token_losses_ignore_pads_and_cut_words():
 
 
 def test_targets_sit_on_first_pieces_and_ids_match_word_ids(tmp_path, tiny_bert_dir):
-    from components.lib.student import VocabMap
-    from components.lib.tokens import encode_words
+    from components.lib.core.student import VocabMap
+    from components.lib.core.tokens import encode_words
 
     tok = training.teacher_tokenizer(tiny_bert_dir)
     sents = [["initech", "hired", "carol", "jones", "in", "lima", "ref0x123456"], ["bob", "smith", "said", "hi"]]
@@ -189,7 +191,7 @@ def test_short_student_max_length_predicts_cut_words_as_o(tmp_path, tiny_ner_dir
 def test_pseudo_labels_from_a_real_token_teacher(tmp_path, tiny_ner_dir, tiny_bert_dir):
     """score_words output of a BertForTokenClassification with a short teacher max_length: the pseudo
     rows hold only the words the teacher covered, and the student trains on exactly those."""
-    from components.lib.teacher import load_teacher, score_words
+    from components.lib.models.teacher import load_teacher, score_words
 
     torch.manual_seed(0)
     model, tok = load_teacher(tiny_bert_dir, label_names=NER_TAGS, task="token-classification")
@@ -240,7 +242,7 @@ def test_deterministic_and_resumable(tmp_path, tiny_ner_dir, pseudo_dir, tiny_be
 def test_mlflow_run_logs_entity_scores(tmp_path, tiny_ner_dir, pseudo_dir, tiny_bert_dir):
     import mlflow
 
-    from components.lib import tracking
+    from components.lib.tracking import runs as tracking
 
     cfg = make_cfg(tmp_path, tiny_ner_dir, pseudo_dir, tiny_bert_dir, "labels-only", tracking=True, label_epochs=3)
     result = distill_student.run(cfg)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.lib import report
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
+from components.lib.evaluation import report
 from tests.helpers import LABELS, make_work_dir, tiny_cfg
 
 

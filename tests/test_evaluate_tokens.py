@@ -10,13 +10,13 @@ import shutil
 import pytest
 import torch
 
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
 from tests.helpers import build_tiny_student, make_ner_work_dir, ner_cfg
 
 
 def test_tag_agreement_and_classification_report_metric():
     from components.evaluate.tokens import tag_agreement
-    from components.lib.evaluation import build_report
+    from components.lib.evaluation.protocol import build_report
 
     assert tag_agreement([["O", "B-PER"], ["O"]], [["O", "I-PER"], ["O"]]) == pytest.approx(2 / 3)
     assert tag_agreement([], []) == 1.0
@@ -52,7 +52,7 @@ def test_languages_summary_by_hand():
 
 
 def _cls_cfg():
-    from components.lib.config import PipelineConfig
+    from components.lib.settings.config import PipelineConfig
 
     return PipelineConfig.model_validate({"work_dir": "w", "student": {"mode": "soft"}})
 
@@ -61,10 +61,11 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     import mlflow
 
     from components import evaluate
-    from components.lib import ner_metrics, token_data
-    from components.lib.student_io import load_student, predict_tags
-    from components.lib.teacher import load_teacher, score_words
-    from components.lib.tokens import fill_uncovered
+    from components.lib.contracts import token_data
+    from components.lib.core import ner_metrics
+    from components.lib.core.decode import fill_uncovered
+    from components.lib.models.student_io import load_student, predict_tags
+    from components.lib.models.teacher import load_teacher, score_words
 
     torch.set_num_threads(1)
     root = make_ner_work_dir(tmp_path / "w", tiny_bert_dir, {"labels-only": 2}, teacher=tiny_ner_teacher_dir, langs=True)
@@ -111,8 +112,8 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     assert summary["retention_mean"] == pytest.approx(sum(rets) / 2) and summary["retention_min"] == min(rets)
 
     # OOV share: recount the student's pieces outside the step (specials are CLS/SEP/pad)
-    from components.lib.student import UNK
-    from components.lib.tokens import encode_words
+    from components.lib.core.student import UNK
+    from components.lib.core.tokens import encode_words
 
     for got in rep["students"].values():
         st = load_student(got["path"])

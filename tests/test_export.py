@@ -19,8 +19,14 @@ from tests.helpers import LABELS, make_topic_texts, make_work_dir, tiny_cfg
 # ---------------------------------------------------------------- tests
 
 def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
-    from components.lib.onnx import check_parity, export_onnx, onnx_predict_logits, ort_session, quantize_int8
-    from components.lib.student_io import encode, load_student, predict_logits
+    from components.lib.models.student_io import encode, load_student, predict_logits
+    from components.lib.publish.onnx import (
+        check_parity,
+        export_onnx,
+        onnx_predict_logits,
+        ort_session,
+        quantize_int8,
+    )
 
     st = load_student(tiny_student_dir)
     texts, labels, _ = make_topic_texts(20, seed=0)
@@ -44,8 +50,8 @@ def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
 
 
 def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
-    from components.lib.onnx import ParityError, check_parity, export_onnx, ort_session
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
+    from components.lib.publish.onnx import ParityError, check_parity, export_onnx, ort_session
 
     st = load_student(tiny_student_dir)
     sess = ort_session(export_onnx(st, tmp_path / "m.onnx", 17), 1)
@@ -56,10 +62,10 @@ def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
 
 
 def test_pyfunc_takes_raw_text_and_matches_the_student(tiny_student_dir, tmp_path):
-    from components.lib.onnx import export_onnx
-    from components.lib.pyfunc import StudentTextClassifier
-    from components.lib.registry import pyfunc_bundle
-    from components.lib.student_io import load_student, predict_logits
+    from components.lib.models.student_io import load_student, predict_logits
+    from components.lib.publish.onnx import export_onnx
+    from components.lib.publish.pyfunc import StudentTextClassifier
+    from components.lib.publish.registry import pyfunc_bundle
 
     st = load_student(tiny_student_dir)
     bundle = pyfunc_bundle(tiny_student_dir, export_onnx(st, tmp_path / "model.onnx", 17), st, tmp_path / "student")
@@ -116,7 +122,7 @@ def test_export_without_tracking_saves_the_pyfunc_and_registers_nothing(evaluate
 
 def test_export_needs_the_report(tmp_path, packaged_teacher_dir):
     from components import export
-    from components.lib.errors import UserError
+    from components.lib.core.errors import UserError
 
     root = make_work_dir(tmp_path / "w", packaged_teacher_dir, {"soft+repr": 0})
     with pytest.raises(UserError, match="report.json: not found"):
@@ -125,8 +131,8 @@ def test_export_needs_the_report(tmp_path, packaged_teacher_dir):
 
 def _relabel_test(root: Path) -> None:
     """Every test label moved to a class the student does not predict: its test accuracy drops to 0."""
-    from components.lib import data
-    from components.lib.student_io import load_student, predict_logits
+    from components.lib.contracts import data
+    from components.lib.models.student_io import load_student, predict_logits
 
     test = data.read_labeled(root / "data" / "test.parquet")
     pred = predict_logits(load_student(root / "student" / "soft_repr"), test.table.column("text").to_pylist()).argmax(1)

@@ -24,8 +24,8 @@ from tests.helpers import MAX_LEN, NER_TAGS, make_ner_sentences, ner_cfg
 
 def torch_entities(student, texts: list[str], mode: str = "words") -> list[list[tuple[str, str, int, int]]]:
     """The torch student's spans over raw texts: pretokenize -> predict_tags -> tokens.spans -> char offsets."""
-    from components.lib.student_io import predict_tags
-    from components.lib.tokens import pretokenize, spans
+    from components.lib.core.tokens import pretokenize, spans
+    from components.lib.models.student_io import predict_tags
 
     words = [pretokenize(t, mode) for t in texts]
     tags = predict_tags(student, [[w for w, _, _ in ws] for ws in words])
@@ -46,15 +46,15 @@ TEXTS = [
 
 def test_tagger_onnx_parity_dynamic_axes_and_int8(tiny_tagger_dir, tmp_path):
     from components.export.tokens import onnx_f1
-    from components.lib import ner_metrics
-    from components.lib.onnx import (
+    from components.lib.core import ner_metrics
+    from components.lib.models.student_io import load_student, pad_batch, predict_word_logits, word_ids
+    from components.lib.publish.onnx import (
         check_word_parity,
         export_onnx,
         onnx_predict_word_logits,
         ort_session,
         quantize_int8,
     )
-    from components.lib.student_io import load_student, pad_batch, predict_word_logits, word_ids
 
     st = load_student(tiny_tagger_dir)
     sents, tags, _ = make_ner_sentences(20, seed=9)
@@ -79,8 +79,8 @@ def test_tagger_onnx_parity_dynamic_axes_and_int8(tiny_tagger_dir, tmp_path):
 
 
 def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
-    from components.lib.onnx import ParityError, check_word_parity, export_onnx, ort_session
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
+    from components.lib.publish.onnx import ParityError, check_word_parity, export_onnx, ort_session
 
     st = load_student(tiny_tagger_dir)
     sess = ort_session(export_onnx(st, tmp_path / "m.onnx", 17), 1)
@@ -91,12 +91,12 @@ def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
 
 
 def test_tagger_pyfunc_returns_the_students_spans(tiny_tagger_dir, tmp_path):
-    from components.lib import report
-    from components.lib.onnx import export_onnx
-    from components.lib.pyfunc import StudentTokenTagger
-    from components.lib.registry import pyfunc_bundle
-    from components.lib.student_io import load_student, predict_tags, predict_word_logits
-    from components.lib.tokens import pretokenize
+    from components.lib.core.tokens import pretokenize
+    from components.lib.evaluation import report
+    from components.lib.models.student_io import load_student, predict_tags, predict_word_logits
+    from components.lib.publish.onnx import export_onnx
+    from components.lib.publish.pyfunc import StudentTokenTagger
+    from components.lib.publish.registry import pyfunc_bundle
 
     st = load_student(tiny_tagger_dir)
     bundle = pyfunc_bundle(tiny_tagger_dir, export_onnx(st, tmp_path / "model.onnx", 17), st, tmp_path / "student",
@@ -132,7 +132,7 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
     import mlflow.pyfunc
 
     from components import export
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
 
     cfg = ner_cfg(evaluated_ner_work_dir, None, export={"output_dir": str(tmp_path / "export")})
     res = export.run(cfg)
@@ -147,7 +147,9 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
     assert summary["decision_split"] == "dev" and summary["dev"] == rep["dev"] and summary["int8"]["reason"].startswith("dev entity F1")
     assert res.registered_version is None and not res.champion and "tracking disabled" in res.gate_reason
     assert (out / "model.onnx").stat().st_size > 1000 and (out / "pyfunc" / "MLmodel").exists()
-    assert {p.name for p in (out / "pyfunc" / "code" / "components" / "lib").iterdir()} >= {"pyfunc.py", "tokens.py", "errors.py"}
+    shipped = out / "pyfunc" / "code" / "components" / "lib"
+    assert {p.relative_to(shipped).as_posix() for p in shipped.rglob("*.py")} >= {
+        "publish/pyfunc.py", "core/tokens.py", "core/decode.py", "core/errors.py"}
 
     loaded = mlflow.pyfunc.load_model(str(out / "pyfunc"))
     assert loaded.metadata.signature.outputs.input_names() == ["entities", "tags"]
@@ -161,7 +163,7 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
 
 def test_token_export_refuses_a_classification_report(evaluated_ner_work_dir, tmp_path):
     from components import export
-    from components.lib.errors import UserError
+    from components.lib.core.errors import UserError
 
     root = tmp_path / "w"
     shutil.copytree(evaluated_ner_work_dir, root)
@@ -176,7 +178,7 @@ def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
     import mlflow
 
     from components import export
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
@@ -207,7 +209,7 @@ def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
         import mlflow.pyfunc
         model = mlflow.pyfunc.load_model("models:/tiny-tagger@champion")
         out = model.predict(["acme corp hired carol jones in paris", ""])
-        mod = sys.modules["components.lib.tokens"].__file__
+        mod = sys.modules["components.lib.core.tokens"].__file__
         print(json.dumps({"entities": out["entities"].tolist(), "tags": out["tags"].tolist(), "tokens": mod}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
@@ -222,7 +224,7 @@ def test_token_registry_gate_on_entity_f1(evaluated_ner_work_dir, tmp_path):
 
 
 def test_gate_names_the_headline_metric():
-    from components.lib.registry import gate
+    from components.lib.publish.registry import gate
 
     assert gate(0.5, 1.0, 0.9, 0.6, "2", metric="f1") == "dev f1 0.5000 below champion v2 (0.6000)"
     assert gate(0.6, 1.0, 0.9, 0.6, "2", metric="f1") is None  # as good as the champion

@@ -10,8 +10,8 @@ import mlflow
 import pytest
 
 from components.kfp_components import finish_parent_run
-from components.lib import tracking
-from components.lib.config import DEFAULT_CONFIG, config_to_json, load_config
+from components.lib.settings.config import DEFAULT_CONFIG, config_to_json, load_config
+from components.lib.tracking import runs as tracking
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The teacher's optimizer with a separate head lr and frozen word embeddings (lib/finetune.py):
+"""The teacher's optimizer with a separate head lr and frozen word embeddings (lib/training/finetune.py):
 which parameters train, at which lr, with which weight decay."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig, BertForTokenClassification
 
-from components.lib.config import TeacherConfig
-from components.lib.finetune import optimizer
+from components.lib.settings.config import TeacherConfig
+from components.lib.training.finetune import optimizer
 
 
 def tiny_tagger() -> BertForTokenClassification:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from components.lib import fingerprint
-from components.lib.config import PROJECT_ROOT, load_config
-from components.lib.summary import summary_table
+from components.lib.settings.config import PROJECT_ROOT, load_config
+from components.lib.tracking import fingerprint
+from components.runner.summary import summary_table
 from tests.helpers import make_topic_texts
 
 TINY = PROJECT_ROOT / "configs" / "tiny.yaml"
@@ -91,7 +91,7 @@ def test_summary_table_rows():
 
 
 def test_run_console_parses_kfp_local_records(tmp_path, capsys):
-    from components.lib.console import RunConsole
+    from components.runner.console import RunConsole
 
     log = RunConsole(tmp_path / "run.log", verbose=False, hidden=("publish-outputs",))
     msgs = ["Executing task \x1b[96m'evaluate'\x1b[0m", "Task prepare-data cache hit (key=ab12); skipping execution.",
@@ -113,7 +113,7 @@ def test_run_console_numbers_a_parallel_for_s_runs(tmp_path, capsys):
     """Two shards of one ParallelFor task run in two threads under one name: each line says which,
     the second's end (logged in its own thread) is matched to its own start, and a failed shard's
     tail holds only what that shard printed."""
-    from components.lib.console import RunConsole
+    from components.runner.console import RunConsole
 
     log = RunConsole(tmp_path / "run.log", verbose=False, repeats={"shard-task": 2})
     name = "'shard-task'"

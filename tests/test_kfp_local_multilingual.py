@@ -9,8 +9,9 @@ import json
 import pytest
 
 import pipeline
-from components.lib import fingerprint, token_data
-from components.lib.config import PROJECT_ROOT, load_config
+from components.lib.contracts import token_data
+from components.lib.settings.config import PROJECT_ROOT, load_config
+from components.lib.tracking import fingerprint
 from tests.helpers import write_uner_like
 
 TINY = PROJECT_ROOT / "configs" / "tiny_multilingual.yaml"

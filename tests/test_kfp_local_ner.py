@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from components.lib import fingerprint
-from components.lib.config import PROJECT_ROOT, load_config
+from components.lib.settings.config import PROJECT_ROOT, load_config
+from components.lib.tracking import fingerprint
 from tests.helpers import make_ner_sentences
 
 TINY_NER = PROJECT_ROOT / "configs" / "tiny_ner.yaml"
@@ -61,7 +61,7 @@ def test_token_classification_dag_under_kfp_local(tiny_ner_env, capsys, monkeypa
     assert set(first["executed"]) == steps
 
     # the pseudo-labeled set is the token contract, one row per transfer sentence
-    from components.lib import token_data
+    from components.lib.contracts import token_data
 
     merged = list((work / "kfp").glob("**/merge-pseudo-labels/**/pseudo.parquet"))
     transfer = list((work / "kfp").glob("**/prepare-data/**/transfer.parquet"))

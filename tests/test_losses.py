@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.lib import losses
+from components.lib.core import losses
 
 torch.set_num_threads(1)
 

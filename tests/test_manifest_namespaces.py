@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import pipeline
-from components.lib.config import DEFAULT_CONFIG, load_config
+from components.lib.settings.config import DEFAULT_CONFIG, load_config
 from tests.test_static_checks import POD_NAMESPACE, kustomize
 
 ROOT = Path(__file__).resolve().parents[1]

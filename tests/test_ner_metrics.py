@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from components.lib.ner_metrics import by_language, entity_scores, macro_over_languages, oov_rates, tag_names
+from components.lib.core.ner_metrics import (
+    by_language,
+    entity_scores,
+    macro_over_languages,
+    oov_rates,
+    tag_names,
+)
 
 # Gold entities (type, words): s1 PER[0,2) LOC[3,4); s2 ORG[0,1) PER[2,3); s3 LOC[1,3)  -> 5 (PER 2, LOC 2, ORG 1)
 GOLD = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER", "O"], ["O", "B-LOC", "I-LOC", "O"]]
@@ -71,7 +77,7 @@ def test_macro_over_languages_by_hand():
 
 
 def test_oov_rates_on_a_hand_made_vocab():
-    from components.lib.student import UNK, VocabMap
+    from components.lib.core.student import UNK, VocabMap
 
     # teacher vocab of 10: pad 0, unk 1, CLS 2, SEP 3; the student keeps pieces 2, 3, 5, 6
     vocab = VocabMap([2, 3, 5, 6], teacher_vocab_size=10, teacher_pad_id=0, teacher_unk_id=1)

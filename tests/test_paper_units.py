@@ -20,7 +20,7 @@ from paper_units import subsample_test  # noqa: E402
 
 
 def _ids_and_labels(d: Path) -> tuple[set[str], np.ndarray]:
-    from components.lib import data
+    from components.lib.contracts import data
 
     t = data.read_labeled(d / "test.parquet").table
     return set(t.column("id").to_pylist()), np.asarray(t.column("label").to_pylist())

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 import pipeline
-from components.lib import fingerprint
-from components.lib.config import DEFAULT_CONFIG, load_config
+from components.lib.settings.config import DEFAULT_CONFIG, load_config
+from components.lib.tracking import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_EXECUTORS = ("exec-finetune-teacher", "exec-pseudo-label-transfer-set", "exec-distill-student",

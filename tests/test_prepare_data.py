@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import prepare_data
-from components.lib import data
-from components.lib.config import PROJECT_ROOT, validate_config
-from components.lib.errors import DataError, UserError
-from components.lib.splits import clean_texts
+from components.lib.contracts import data
+from components.lib.core.errors import DataError, UserError
+from components.lib.settings.config import PROJECT_ROOT, validate_config
+from components.lib.sources.splits import clean_texts
 from components.prepare_data.sequence import SPLITS
 from tests.helpers import make_topic_texts
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from components import prepare_data
-from components.lib import token_data
-from components.lib.config import PROJECT_ROOT, validate_config
-from components.lib.errors import DataError, UserError
+from components.lib.contracts import token_data
+from components.lib.core.errors import DataError, UserError
+from components.lib.settings.config import PROJECT_ROOT, validate_config
 from tests.helpers import NER_TAGS, language_sources, make_ner_sentences, write_conllu, write_uner_like
 
 CONLLU = {"format": "conll", "conll_token_field": 1, "conll_tag_field": 2, "conll_comments": True, "conll_delimiter": "tab"}

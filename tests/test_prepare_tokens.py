@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import prepare_data
-from components.lib import token_data, token_ingest
-from components.lib.config import PROJECT_ROOT, validate_config
-from components.lib.conll import write_conll
-from components.lib.errors import DataError, UserError
+from components.lib.contracts import token_data
+from components.lib.core.errors import DataError, UserError
+from components.lib.settings.config import PROJECT_ROOT, validate_config
+from components.lib.sources import token_ingest
+from components.lib.sources.conll import write_conll
 from components.prepare_data import tokens as prepare_tokens
 from tests.helpers import NER_TAGS, make_ner_sentences
 

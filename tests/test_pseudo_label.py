@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from components import pseudo_label as P
-from components.lib import data
-from components.lib import teacher as T
-from components.lib.config import PROJECT_ROOT, PipelineConfig
-from components.lib.errors import DataError, UserError
+from components.lib.contracts import data
+from components.lib.core.errors import DataError, UserError
+from components.lib.models import teacher as T
+from components.lib.settings.config import PROJECT_ROOT, PipelineConfig
 from tests.helpers import write_tiny_task
 
 torch.set_num_threads(1)

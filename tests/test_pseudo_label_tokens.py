@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from components import pseudo_label as P
-from components.lib import data, token_data, tokens
-from components.lib import teacher as T
-from components.lib.config import PipelineConfig
-from components.lib.errors import DataError, UserError
+from components.lib.contracts import data, token_data
+from components.lib.core import tokens
+from components.lib.core.errors import DataError, UserError
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
 from tests.helpers import NER_TAGS
 
 torch.set_num_threads(1)

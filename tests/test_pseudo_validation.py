@@ -19,11 +19,11 @@ import torch
 
 from components import distill_student
 from components import pseudo_label as P
-from components.lib import data, shards
-from components.lib import teacher as T
-from components.lib.config import PipelineConfig
-from components.lib.errors import DataError
-from components.lib.pseudo_values import check_pseudo_values
+from components.lib.contracts import data, shards
+from components.lib.contracts.pseudo_values import check_pseudo_values
+from components.lib.core.errors import DataError
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
 from tests.helpers import LABELS, NER_TAGS
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.lib.registry import gate
+from components.lib.publish.registry import gate
 from tests.helpers import LABELS, build_tiny_student, build_tiny_teacher, tiny_cfg, write_tiny_task
 
 NAME = "tiny-registry"
@@ -145,7 +145,7 @@ def test_champion_loads_by_alias_in_a_fresh_process(work_dirs, mlflow_server, tm
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(got["labels"]) == 3 and set(got["labels"]) <= set(LABELS)
     assert got["cols"] == ["label", "score"] + [f"prob_{n}" for n in LABELS]
-    assert got["module"] == "components.lib.pyfunc" and str(tmp_path) not in got["file"] and "/code/" in got["file"]
+    assert got["module"] == "components.lib.publish.pyfunc" and str(tmp_path) not in got["file"] and "/code/" in got["file"]
 
 
 def _versions(client, name: str) -> list[str]:

@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import prepare_data
-from components.lib import fingerprint, remote
-from components.lib.config import validate_config
-from components.lib.conll import write_conll
-from components.lib.env import scoped_env
-from components.lib.errors import DataError
+from components.lib.core.env import scoped_env
+from components.lib.core.errors import DataError
+from components.lib.settings.config import validate_config
+from components.lib.sources import remote
+from components.lib.sources.conll import write_conll
+from components.lib.tracking import fingerprint
 from tests.helpers import NER_TAGS, make_ner_sentences, make_topic_texts
 from tests.mlflow_server import free_port
 

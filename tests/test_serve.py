@@ -31,9 +31,9 @@ def _save(model_dir: Path, student_dir: Path, out: Path, tagger: bool) -> Path:
 
     from components.export.sequence import pyfunc_kwargs
     from components.export.tokens import TAGGER_MODULES, tagger_kwargs
-    from components.lib.onnx import export_onnx
-    from components.lib.registry import pyfunc_bundle, pyfunc_code_paths
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
+    from components.lib.publish.onnx import export_onnx
+    from components.lib.publish.registry import pyfunc_bundle, pyfunc_code_paths
 
     st = load_student(student_dir)
     extra = {"task": "token-classification", "pretokenizer": "words"} if tagger else None
@@ -180,7 +180,7 @@ def registered(cls_pyfunc, tmp_path_factory) -> str:
     import mlflow
 
     from components.export.sequence import pyfunc_kwargs
-    from components.lib.registry import pyfunc_code_paths
+    from components.lib.publish.registry import pyfunc_code_paths
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -200,7 +200,7 @@ def registered(cls_pyfunc, tmp_path_factory) -> str:
 
 
 def test_resolve_model_reads_export_dirs_and_the_registry(cls_pyfunc, registered, tmp_path):
-    from components.lib.errors import UserError
+    from components.lib.core.errors import UserError
     from components.serve.cli import resolve_model
 
     assert resolve_model(str(cls_pyfunc.parent), registered, tmp_path) == cls_pyfunc  # <export_dir> -> pyfunc/

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.lib.config import KubernetesConfig, PipelineConfig
+from components.lib.settings.config import KubernetesConfig, PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = ROOT / "tests" / "fixtures" / "bad"

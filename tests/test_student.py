@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.lib.student import (
+from components.lib.core.student import (
     PAD,
     UNK,
     BiLSTMStudent,
@@ -16,8 +16,8 @@ from components.lib.student import (
     reverse_within_length,
     svd_embeddings,
 )
-from components.lib.student_io import encode, load_student, predict_logits, save_student
-from components.lib.torch_utils import count_parameters
+from components.lib.core.torch_utils import count_parameters
+from components.lib.models.student_io import encode, load_student, predict_logits, save_student
 
 torch.set_num_threads(1)
 
@@ -193,7 +193,7 @@ def test_save_load_round_trip_identical_logits(tmp_path, tiny_bert_dir):
 
 
 def test_load_student_errors(tmp_path):
-    from components.lib.errors import UserError
+    from components.lib.core.errors import UserError
 
     with pytest.raises(UserError, match="config.json missing"):
         load_student(tmp_path)
@@ -204,7 +204,7 @@ def test_onnx_export_dynamic_axes_matches_torch(tmp_path):
 
     import onnxruntime as ort
 
-    from components.lib.student import LogitsOnly
+    from components.lib.core.student import LogitsOnly
 
     torch.manual_seed(0)
     model = BiLSTMStudent(tiny_arch(layers=2)).eval()

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 import pipeline
-from components import cluster
-from components.lib.config import DEFAULT_CONFIG, load_config
+from components.lib.settings.config import DEFAULT_CONFIG, load_config
+from components.runner import cluster
 
 
 class FakeKFP(BaseHTTPRequestHandler):

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 
 import pipeline
-from components import cluster
+from components.runner import cluster
 from tests import test_submit
 
 fake_kfp = test_submit.fake_kfp  # the loopback KFP API fixture, shared with tests/test_submit.py

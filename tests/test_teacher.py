@@ -1,4 +1,4 @@
-"""lib/teacher.py scoring and the finetune-teacher step on a tiny BERT (real tokenizer, real
+"""lib/models/teacher.py scoring and the finetune-teacher step on a tiny BERT (real tokenizer, real
 Trainer, real MLflow sqlite store)."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from components import finetune_teacher
-from components.lib import data, tracking
-from components.lib import teacher as T
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.torch_utils import count_parameters
+from components.lib.contracts import data
+from components.lib.core.errors import UserError
+from components.lib.core.torch_utils import count_parameters
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 from tests.helpers import write_tiny_task
 
 torch.set_num_threads(1)

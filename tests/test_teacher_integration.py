@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from components import finetune_teacher, pseudo_label
-from components.lib import data
-from components.lib.assets import bbc_news_dir
-from components.lib.config import PipelineConfig
+from components.lib.contracts import data
+from components.lib.settings.config import PipelineConfig
+from components.lib.sources.assets import bbc_news_dir
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from components import finetune_teacher
-from components.lib import finetune as F
-from components.lib.config import PROJECT_ROOT, PipelineConfig
+from components.lib.settings.config import PROJECT_ROOT, PipelineConfig
+from components.lib.training import finetune as F
 from tests.helpers import write_tiny_task
 
 torch.set_num_threads(1)
@@ -107,8 +107,8 @@ def test_a_run_killed_after_early_stopping_trains_no_further(tmp_path, task, tin
     from transformers import set_seed
 
     from components.finetune_teacher import sequence
-    from components.lib import data
-    from components.lib import teacher as T
+    from components.lib.contracts import data
+    from components.lib.models import teacher as T
 
     cfg = PipelineConfig.model_validate(_raw(tmp_path, task, tiny_bert_dir))
     train, dev = (data.read_labeled(cfg.data_dir / f"{s}.parquet") for s in ("train", "dev"))

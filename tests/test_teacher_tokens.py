@@ -12,10 +12,12 @@ import torch
 
 from components import finetune_teacher
 from components.finetune_teacher import tokens as teacher_tokens
-from components.lib import teacher as T
-from components.lib import token_data, tokens, tracking
-from components.lib.config import PipelineConfig
-from components.lib.errors import DataError, UserError
+from components.lib.contracts import token_data
+from components.lib.core import tokens
+from components.lib.core.errors import DataError, UserError
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 from tests.helpers import NER_TAGS
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Words, word pieces and tags (components/lib/tokens.py) with the real MiniLM WordPiece tokenizer:
+"""Words, word pieces and tags (components/lib/core/tokens.py) with the real MiniLM WordPiece tokenizer:
 the one alignment rule every token-classification step relies on."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.lib import data, token_data, tokens
-from components.lib.errors import DataError, UserError
+from components.lib.contracts import data, token_data
+from components.lib.core import decode, tokens
+from components.lib.core.errors import DataError, UserError
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_truncation_cuts_whole_words_and_they_become_outside(tok):
     assert enc.covered(0) == 5 and first[5:].tolist() == [-1]
     labels = tokens.piece_labels(first, TAGS[0], len(enc.input_ids[0]))
     assert tokens.gather_words(labels, first).tolist() == TAGS[0][:5]
-    pred = tokens.fill_uncovered(np.array([1, 2, 2, 0]), n_words=6, outside=0)
+    pred = decode.fill_uncovered(np.array([1, 2, 2, 0]), n_words=6, outside=0)
     assert pred.tolist() == [1, 2, 2, 0, 0, 0]
 
 
@@ -133,3 +134,10 @@ def test_ragged_round_trip_through_parquet(tmp_path):
     assert tags.tolist() == np.concatenate([x.argmax(1) for x in logits]).tolist()
     r, _ = token_data.ragged_to_numpy(back.column("teacher_repr"))
     np.testing.assert_allclose(r, np.concatenate(reprs).astype(np.float16).astype(np.float32))
+
+
+def test_decode_tags_is_the_argmax_of_each_covered_word_and_o_past_the_cut():
+    names = ["B-PER", "I-PER", "O"]
+    logits = [np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]]), np.zeros((0, 3))]  # 2 of 3 words covered; none
+    assert decode.decode_tags(logits, [3, 2], names) == [["B-PER", "I-PER", "O"], ["O", "O"]]
+    assert decode.outside_index(["B-X", "o"]) == 1 and decode.outside_index(["B-X"]) == 0

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from components.lib import tracking
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
+from components.lib.tracking import runs as tracking
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Bounded by counting, not by timing (machines are noisy): at most this many tries, each with

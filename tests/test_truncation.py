@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from components.lib.truncation import CHARS_PER_PIECE, head, tokenize_truncated
+from components.lib.core.truncation import CHARS_PER_PIECE, head, tokenize_truncated
 
 
 def _texts(seed: int = 0) -> list[str]:

@@ -1,6 +1,6 @@
 """distill-student: train the BiLSTM student in stages, representation -> logits -> labels
 (sequence.py: one label per text; tokens.py: one tag per word). Phases, gradual unfreezing,
-early stopping and checkpoints are lib/training.py's.
+early stopping and checkpoints are lib/training/distill.py's.
 
     python -m components.distill_student --config configs/demo.yaml [--set section.key=value ...]
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from components.distill_student import sequence, tokens
 from components.distill_student.sequence import DistillResult
 from components.distill_student.tokens import TokenDistillResult
-from components.lib.cli import step_main
-from components.lib.config import PipelineConfig
+from components.lib.settings.cli import step_main
+from components.lib.settings.config import PipelineConfig
 
 __all__ = ["run", "main", "DistillResult", "TokenDistillResult"]
 

@@ -15,7 +15,7 @@ embedding matrix (never the test split); writes student_dir(mode) atomically. To
 computed once per (tokenizer, max_length, inputs) and cached under the student root; a
 checkpoint after every epoch lets a crashed run resume where it stopped, with the same result.
 
-The plan, the epoch loop, checkpoints and the student's set-up are lib/training.py's, shared with
+The plan, the epoch loop, checkpoints and the student's set-up are lib/training/distill.py's, shared with
 the per-word tagger of token classification (distill_student/tokens.py).
 """
 
@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.lib import data, losses, tracking
-from components.lib.config import PipelineConfig, StudentMode
-from components.lib.errors import DataError
-from components.lib.student import BiLSTMStudent
-from components.lib.student_io import pad_batch, save_student, tokenize_ids
-from components.lib.torch_utils import count_parameters, length_batches
-from components.lib.training import (
+from components.lib.contracts import data
+from components.lib.core import losses
+from components.lib.core.errors import DataError
+from components.lib.core.student import BiLSTMStudent
+from components.lib.core.torch_utils import count_parameters, length_batches
+from components.lib.models.student_io import pad_batch, save_student, tokenize_ids
+from components.lib.settings.config import PipelineConfig, StudentMode
+from components.lib.tracking import runs as tracking
+from components.lib.training.distill import (
     DistillResult,
     Phase,
     cache_key,

@@ -1,6 +1,6 @@
 """distill-student for token classification: a per-word BiLSTM tagger, trained in the classifier's
 stages (representation -> logits -> labels) with the same gradual unfreezing, checkpoints and
-early stopping (lib/training.py: plan, train_phases), only with per-word targets and losses.
+early stopping (lib/training/distill.py: plan, train_phases), only with per-word targets and losses.
 
 The student reads the teacher's word pieces of each sentence (tokens.encode_words with the
 teacher tokenizer, cut to student.max_length, mapped through the trimmed VocabMap: exactly
@@ -28,16 +28,20 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from components.lib import data, losses, token_data, tracking, training
-from components.lib.config import PipelineConfig, StudentMode
-from components.lib.errors import DataError
-from components.lib.ner_metrics import entity_scores
-from components.lib.student import BiLSTMStudent
-from components.lib.student_io import pad_batch, save_student
-from components.lib.task import Task
-from components.lib.tokens import encode_words, fill_uncovered, outside_index
-from components.lib.torch_utils import count_parameters, length_batches
-from components.lib.training import DistillResult, Phase
+from components.lib.contracts import data, token_data
+from components.lib.core import losses
+from components.lib.core.decode import decode_words, outside_index
+from components.lib.core.errors import DataError
+from components.lib.core.ner_metrics import entity_scores
+from components.lib.core.student import BiLSTMStudent
+from components.lib.core.task import Task
+from components.lib.core.tokens import encode_words
+from components.lib.core.torch_utils import count_parameters, length_batches
+from components.lib.models.student_io import pad_batch, save_student
+from components.lib.settings.config import PipelineConfig, StudentMode
+from components.lib.tracking import runs as tracking
+from components.lib.training import distill as training
+from components.lib.training.distill import DistillResult, Phase
 
 log = logging.getLogger("distill-student")
 TASK = Task.token_classification
@@ -160,9 +164,9 @@ def evaluate_words(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: WordR
     for idx in length_batches(np.array([len(x) for x in dev.seqs]), 256):
         ids, mask, words, where = word_batch(dev, idx, device)
         logits = model.logits(ids, mask).float()  # (B, T, C)
-        tags = logits.argmax(-1).cpu().numpy()  # (B, T)
+        host = logits.cpu().numpy()  # (B, T, C)
         for r, i in enumerate(idx):
-            pred[i] = [dev.names[k] for k in fill_uncovered(tags[r, dev.firsts[i]], len(dev.gold[i]), outside)]
+            pred[i] = [dev.names[k] for k in decode_words(host[r, dev.firsts[i]], len(dev.gold[i]), outside)]
         k = int(words.sum())
         loss_sum += float(losses.token_hard_ce(logits, scatter_words(dev.labels, where, tuple(ids.shape), device), words)) * k
         n_words += k

@@ -1,6 +1,6 @@
 """evaluate: the one step that reads the test split. Teacher vs student(s) vs baseline:
 quality, size and speed (sequence.py: accuracy, macro-F1, ECE; tokens.py: entity P/R/F1 per
-type and language). Student discovery and the report body are lib/evaluation.py's.
+type and language). Student discovery and the report body are lib/evaluation/protocol.py's.
 
     python -m components.evaluate --config configs/demo.yaml [--set section.key=value ...]
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 from components.evaluate import sequence, tokens
 from components.evaluate.sequence import EvalResult
 from components.evaluate.tokens import TokenEvalResult
-from components.lib.cli import step_main
-from components.lib.config import PipelineConfig
+from components.lib.settings.cli import step_main
+from components.lib.settings.config import PipelineConfig
 
 __all__ = ["run", "main", "EvalResult", "TokenEvalResult"]
 

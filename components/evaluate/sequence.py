@@ -20,10 +20,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from components.lib import data, report, report_md, tracking
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.evaluation import build_report, find_students, timings
+from components.lib.contracts import data
+from components.lib.core.errors import UserError
+from components.lib.evaluation import report, report_md
+from components.lib.evaluation.protocol import build_report, find_students, timings
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,8 @@ def dev_scores(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -
 
 def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, label_names: list[str],
                      dev: tuple[list[str], np.ndarray]) -> tuple[dict, np.ndarray]:
-    from components.lib.teacher import label_names_of, load_teacher, score
-    from components.lib.torch_utils import count_parameters
+    from components.lib.core.torch_utils import count_parameters
+    from components.lib.models.teacher import label_names_of, load_teacher, score
 
     path = tracking.resolve_teacher(cfg)
     model, tokenizer = load_teacher(path)
@@ -75,9 +77,9 @@ def evaluate_teacher(cfg: PipelineConfig, texts: list[str], labels: np.ndarray, 
 
 def evaluate_student(cfg: PipelineConfig, path: Path, texts: list[str], labels: np.ndarray, label_names: list[str],
                      teacher_logits: np.ndarray, scratch: Path, dev: tuple[list[str], np.ndarray]) -> dict:
-    from components.lib.onnx import export_onnx, onnx_predict_logits, ort_session
-    from components.lib.student_io import load_student, predict_logits
-    from components.lib.torch_utils import count_parameters
+    from components.lib.core.torch_utils import count_parameters
+    from components.lib.models.student_io import load_student, predict_logits
+    from components.lib.publish.onnx import export_onnx, onnx_predict_logits, ort_session
 
     st = load_student(path)
     if st.label_names != label_names:

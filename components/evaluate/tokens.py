@@ -22,12 +22,15 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from components.lib import data, ner_metrics, report, report_md, token_data, tracking
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.evaluation import build_report, find_students, timings
-from components.lib.task import Task
-from components.lib.tokens import argmax_tags
+from components.lib.contracts import data, token_data
+from components.lib.core import ner_metrics
+from components.lib.core.decode import decode_tags
+from components.lib.core.errors import UserError
+from components.lib.core.task import Task
+from components.lib.evaluation import report, report_md
+from components.lib.evaluation.protocol import build_report, find_students, timings
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,8 @@ def dev_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list[list[str]], label_names: list[str],
                      langs: list[str] | None, dev: tuple[list[list[str]], list[list[str]]]) -> tuple[dict, list[list[str]]]:
-    from components.lib.teacher import head_is_trained, label_names_of, load_teacher, score_words
-    from components.lib.torch_utils import count_parameters
+    from components.lib.core.torch_utils import count_parameters
+    from components.lib.models.teacher import head_is_trained, label_names_of, load_teacher, score_words
 
     path = tracking.resolve_teacher(cfg)
     if not head_is_trained(path, TASK):
@@ -114,10 +117,10 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
     with tqdm(total=len(sentences), desc="teacher: tagging test", unit="sent", disable=None) as bar:
         logits, _ = score_words(model, tokenizer, sentences, max_len, bs, progress=bar.update)
     log.info("teacher tagged %d test sentences in %.1fs", len(sentences), time.perf_counter() - t0)
-    pred = argmax_tags(logits, sentences, label_names)
+    pred = decode_tags(logits, [len(x) for x in sentences], label_names)
     speed, lat = timings(lambda b: score_words(model, tokenizer, b, max_len, bs), sentences, cfg)
     out = scores(gold, pred, langs)
-    out["dev"] = dev_scores(dev[1], argmax_tags(score_words(model, tokenizer, dev[0], max_len, bs)[0], dev[0], label_names))
+    out["dev"] = dev_scores(dev[1], decode_tags(score_words(model, tokenizer, dev[0], max_len, bs)[0], [len(x) for x in dev[0]], label_names))
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=max_len,
                params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
                throughput=speed, latency_ms=lat)
@@ -128,10 +131,10 @@ def evaluate_teacher(cfg: PipelineConfig, sentences: list[list[str]], gold: list
 def evaluate_student(cfg: PipelineConfig, path: Path, sentences: list[list[str]], gold: list[list[str]],
                      label_names: list[str], langs: list[str] | None, teacher_pred: list[list[str]], scratch: Path,
                      dev: tuple[list[list[str]], list[list[str]]]) -> dict:
-    from components.lib.onnx import export_onnx, onnx_predict_word_logits, ort_session
-    from components.lib.student_io import load_student, predict_tags, predict_word_logits
-    from components.lib.tokens import encode_words
-    from components.lib.torch_utils import count_parameters
+    from components.lib.core.tokens import encode_words
+    from components.lib.core.torch_utils import count_parameters
+    from components.lib.models.student_io import load_student, predict_tags, predict_word_logits
+    from components.lib.publish.onnx import export_onnx, onnx_predict_word_logits, ort_session
 
     st = load_student(path)
     if not st.arch.per_token:

@@ -1,6 +1,6 @@
 """export: ONNX (+ int8) with a parity check, an MLflow pyfunc over raw text, the registry gate
 (sequence.py: labels with probabilities; tokens.py: entity spans). ONNX machinery is
-lib/onnx.py's, the pyfunc bundle and the champion gate lib/registry.py's.
+lib/publish/onnx.py's, the pyfunc bundle and the champion gate lib/publish/registry.py's.
 
     python -m components.export --config configs/demo.yaml [--set section.key=value ...]
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from components.export import sequence, tokens
 from components.export.sequence import ExportResult
 from components.export.tokens import TokenExportResult
-from components.lib.cli import step_main
-from components.lib.config import PipelineConfig
+from components.lib.settings.cli import step_main
+from components.lib.settings.config import PipelineConfig
 
 __all__ = ["run", "main", "ExportResult", "TokenExportResult"]
 

@@ -5,7 +5,7 @@ Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/repor
 block decides the gate) and cfg.data_dir/dev.parquet (parity and the int8 keep/drop; test is
 evaluate's alone). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when kept),
 pyfunc/ (an MLflow model dir), export_summary.json; only then registers (lib/registry.publish:
-a rerun finds the version it registered before). ONNX export, parity and int8 are lib/onnx.py's.
+a rerun finds the version it registered before). ONNX export, parity and int8 are lib/publish/onnx.py's.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import data, report, tracking
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.onnx import (
+from components.lib.contracts import data
+from components.lib.core.errors import UserError
+from components.lib.evaluation import report
+from components.lib.publish.onnx import (
     ParityError,
     check_parity,
     export_onnx,
@@ -28,7 +28,7 @@ from components.lib.onnx import (
     ort_session,
     try_int8,
 )
-from components.lib.registry import (
+from components.lib.publish.registry import (
     build_or_reuse,
     inputs_digest,
     pip_requirements,
@@ -37,6 +37,8 @@ from components.lib.registry import (
     read_report,
     register_export,
 )
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def pyfunc_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str],
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from components.lib.pyfunc import BUNDLE, StudentTextClassifier
+    from components.lib.publish.pyfunc import BUNDLE, StudentTextClassifier
 
     outputs = [ColSpec("string", "label"), ColSpec("double", "score")]
     outputs += [ColSpec("double", f"prob_{n}") for n in label_names]
@@ -119,7 +121,7 @@ def build(cfg: PipelineConfig, student, student_dir: Path, texts: list[str], lab
 def run(cfg: PipelineConfig) -> ExportResult:
     import torch
 
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
 
     if cfg.export.num_threads:
         torch.set_num_threads(cfg.export.num_threads)
@@ -170,7 +172,7 @@ def _log_model(pyfunc_dir: Path, example_texts: list[str], label_names: list[str
     """Log the saved pyfunc's own bundle and code (the bytes content_digest covers) to the step's run. -> mlflow's ModelInfo."""
     import mlflow.pyfunc
 
-    from components.lib.pyfunc import BUNDLE
+    from components.lib.publish.pyfunc import BUNDLE
 
     kwargs = pyfunc_kwargs(pyfunc_dir / "artifacts" / BUNDLE, [str(pyfunc_dir / "code" / "components")], example_texts,
                            label_names)

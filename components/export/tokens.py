@@ -5,7 +5,7 @@ Reads the chosen student (cfg.student_dir(cfg.student.mode)), cfg.eval_dir/repor
 block decides the gate) and cfg.data_dir/dev.parquet (parity and the int8 keep/drop on dev entity
 F1; test is evaluate's alone). Writes cfg.export_dir atomically: model.onnx, model.int8.onnx (when
 kept), pyfunc/, export_summary.json; only then registers (lib/registry.publish: a rerun finds the
-version it registered before). ONNX export, parity and int8 are lib/onnx.py's.
+version it registered before). ONNX export, parity and int8 are lib/publish/onnx.py's.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import ner_metrics, report, token_data, tracking
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.onnx import (
+from components.lib.contracts import token_data
+from components.lib.core import ner_metrics
+from components.lib.core.decode import decode_tags
+from components.lib.core.errors import UserError
+from components.lib.core.task import Task
+from components.lib.evaluation import report
+from components.lib.publish.onnx import (
     ParityError,
     check_word_parity,
     export_onnx,
@@ -29,7 +32,7 @@ from components.lib.onnx import (
     ort_session,
     try_int8,
 )
-from components.lib.registry import (
+from components.lib.publish.registry import (
     build_or_reuse,
     inputs_digest,
     pip_requirements,
@@ -38,13 +41,13 @@ from components.lib.registry import (
     read_report,
     register_export,
 )
-from components.lib.task import Task
-from components.lib.tokens import argmax_tags
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 
 METRIC = "f1"
-TAGGER_MODULES = ("pyfunc.py", "tokens.py", "errors.py")  # what the pyfunc imports, shipped with it
+TAGGER_MODULES = ("publish/pyfunc.py", "core/tokens.py", "core/decode.py", "core/errors.py")  # what the pyfunc imports, shipped with it
 
 
 class TokenExportResult(BaseModel):
@@ -68,7 +71,7 @@ class TokenExportResult(BaseModel):
 # ---------------------------------------------------------------- ONNX inference and parity
 
 def onnx_f1(session, student, sentences, gold: list[list[str]], batch_size: int = 256) -> float:
-    pred = argmax_tags(onnx_predict_word_logits(session, student, sentences, batch_size), sentences, student.label_names)
+    pred = decode_tags(onnx_predict_word_logits(session, student, sentences, batch_size), [len(x) for x in sentences], student.label_names)
     return ner_metrics.entity_scores(gold, pred)["f1"]
 
 
@@ -86,7 +89,7 @@ def tagger_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str])
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import Array, Object, Property
 
-    from components.lib.pyfunc import BUNDLE, StudentTokenTagger
+    from components.lib.publish.pyfunc import BUNDLE, StudentTokenTagger
 
     entity = Object([Property("entity", "string"), Property("text", "string"), Property("start", "long"),
                      Property("end", "long"), Property("score", "double")])
@@ -105,13 +108,13 @@ def tagger_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str])
 def expected_entities(session, student, texts: list[str], pretokenizer: str) -> list[list[dict]]:
     """What the tagger must return for texts, computed outside the pyfunc (pretokenize -> ONNX
     per-word logits -> tags -> spans), to check the saved model end to end."""
-    from components.lib.tokens import pretokenize, spans
+    from components.lib.core.tokens import pretokenize, spans
 
     words = [pretokenize(t, pretokenizer) for t in texts]
     sents = [[w for w, _, _ in ws] for ws in words]
     logits = onnx_predict_word_logits(session, student, sents)
     out = []
-    for text, ws, lg, tags in zip(texts, words, logits, argmax_tags(logits, sents, student.label_names), strict=True):
+    for text, ws, lg, tags in zip(texts, words, logits, decode_tags(logits, [len(x) for x in sents], student.label_names), strict=True):
         conf = report.softmax(lg).max(axis=1) if len(lg) else np.zeros(0)
         out.append([{"entity": typ, "text": text[ws[a][1]:ws[b - 1][2]], "start": ws[a][1], "end": ws[b - 1][2],
                      "score": float(conf[a:b].mean())} for typ, a, b in spans(tags)])
@@ -163,7 +166,7 @@ def build(cfg: PipelineConfig, student, student_dir: Path, sentences, gold, out:
 def run(cfg: PipelineConfig) -> TokenExportResult:
     import torch
 
-    from components.lib.student_io import load_student
+    from components.lib.models.student_io import load_student
 
     if cfg.export.num_threads:
         torch.set_num_threads(cfg.export.num_threads)
@@ -220,7 +223,7 @@ def _log_model(pyfunc_dir: Path, example_texts: list[str]):
     """Log the saved pyfunc's own bundle and code (the bytes content_digest covers) to the step's run. -> mlflow's ModelInfo."""
     import mlflow.pyfunc
 
-    from components.lib.pyfunc import BUNDLE
+    from components.lib.publish.pyfunc import BUNDLE
 
     kwargs = tagger_kwargs(pyfunc_dir / "artifacts" / BUNDLE, [str(pyfunc_dir / "code" / "components")], example_texts)
     return mlflow.pyfunc.log_model(name="model", **kwargs)

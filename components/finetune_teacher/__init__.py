@@ -1,6 +1,6 @@
 """finetune-teacher: fine-tune the encoder on the labeled train split, dev for early stopping
 (sequence.py: a sequence classifier; tokens.py: a token classifier). The Trainer set-up, the
-output dir and the MLflow model logging both share are lib/finetune.py's.
+output dir and the MLflow model logging both share are lib/training/finetune.py's.
 
     python -m components.finetune_teacher --config configs/demo.yaml [--set section.key=value ...]
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from components.finetune_teacher import sequence, tokens
 from components.finetune_teacher.sequence import FinetuneResult
 from components.finetune_teacher.tokens import TokenFinetuneResult
-from components.lib.cli import step_main
-from components.lib.config import PipelineConfig
+from components.lib.settings.cli import step_main
+from components.lib.settings.config import PipelineConfig
 
 __all__ = ["run", "main", "FinetuneResult", "TokenFinetuneResult"]
 

@@ -10,7 +10,7 @@ against the data's, dev is scored, and it is saved as the output. The Trainer ch
 epoch beside the output (lib/finetune.checkpoint_dir); a killed run resumes from the last one when
 the settings, data and starting weights are the same, and the checkpoints go once the output is written.
 The Trainer set-up (fit), the finetune=false check, the output dir and the MLflow model logging
-are lib/finetune.py's, shared with token classification (finetune_teacher/tokens.py).
+are lib/training/finetune.py's, shared with token classification (finetune_teacher/tokens.py).
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from transformers import set_seed
 
-from components.lib import data, tracking
-from components.lib import teacher as T
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.finetune import (
+from components.lib.contracts import data
+from components.lib.core.errors import UserError
+from components.lib.core.torch_utils import count_parameters
+from components.lib.core.truncation import tokenize_truncated
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
+from components.lib.training.finetune import (
     STEP,
     best_epoch,
     checkpoint_dir,
@@ -38,8 +41,6 @@ from components.lib.finetune import (
     save_teacher,
     set_threads,
 )
-from components.lib.torch_utils import count_parameters
-from components.lib.truncation import tokenize_truncated
 
 log = logging.getLogger("distilflow.finetune_teacher")
 

@@ -1,6 +1,6 @@
 """finetune-teacher for token classification (an AutoModelForTokenClassification tagger).
 
-The sequence-classification recipe (lib/finetune.py: Trainer arguments, early stopping, best
+The sequence-classification recipe (lib/training/finetune.py: Trainer arguments, early stopping, best
 checkpoint, output dir, MLflow logging; the seed as in finetune_teacher/sequence.py) with two
 differences:
 - each word's tag goes on its FIRST sub-piece; later pieces and special tokens get -100, so they
@@ -21,13 +21,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from transformers import set_seed
 
-from components.lib import finetune as F
-from components.lib import ner_metrics, token_data, tokens, tracking
-from components.lib import teacher as T
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
-from components.lib.task import Task
-from components.lib.torch_utils import count_parameters
+from components.lib.contracts import token_data
+from components.lib.core import ner_metrics, tokens
+from components.lib.core.decode import decode_tags
+from components.lib.core.errors import UserError
+from components.lib.core.task import Task
+from components.lib.core.torch_utils import count_parameters
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
+from components.lib.training import finetune as F
 
 log = logging.getLogger("distilflow.finetune_teacher")
 TASK = Task.token_classification
@@ -85,7 +88,7 @@ def predict_tags(model, tokenizer, sentences: Sequence[Sequence[str]], label_nam
                  batch_size: int) -> list[list[str]]:
     """Tag names of every word (teacher.score_words: first sub-piece; cut-off words are O)."""
     logits, _ = T.score_words(model, tokenizer, sentences, max_length, batch_size)
-    return tokens.argmax_tags(logits, sentences, label_names)
+    return decode_tags(logits, [len(x) for x in sentences], label_names)
 
 
 def dev_scores(model, tokenizer, dev: token_data.TokenLabeled, cfg: PipelineConfig) -> dict:
@@ -106,18 +109,14 @@ def _train(cfg: PipelineConfig, model, tokenizer, train: token_data.TokenLabeled
     gold = _gold(dev)
     n_words = [len(g) for g in gold]
 
-    def argmax(logits, labels):
-        # keep (B, T) ids instead of (B, T, C) logits for the whole dev set
-        return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
-
     def entity_f1(pred) -> dict[str, float]:
-        ids = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions  # (N, T), padded with -100
-        words = [np.asarray(ids[i])[dev_enc.first_piece[i][: dev_enc.covered(i)]] for i in range(len(gold))]
-        scores = ner_metrics.entity_scores(gold, tokens.word_tags(words, n_words, dev.label_names))
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions  # (N, T, C), padded
+        words = [np.asarray(logits[i])[dev_enc.first_piece[i][: dev_enc.covered(i)]] for i in range(len(gold))]
+        scores = ner_metrics.entity_scores(gold, decode_tags(words, n_words, dev.label_names))
         return {m: scores[m] for m in DEV_METRICS}
 
     return F.fit(cfg, model, tokenizer, train_ds, dev_ds, DataCollatorForTokenClassification(tokenizer), entity_f1,
-                 DEV_METRICS, ckpt_dir, fingerprint, preprocess_logits=argmax)
+                 DEV_METRICS, ckpt_dir, fingerprint)
 
 
 def run(cfg: PipelineConfig) -> TokenFinetuneResult:

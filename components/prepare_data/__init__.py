@@ -7,8 +7,8 @@ with a tag per word).
 
 from __future__ import annotations
 
-from components.lib.cli import step_main
-from components.lib.config import PipelineConfig
+from components.lib.settings.cli import step_main
+from components.lib.settings.config import PipelineConfig
 from components.prepare_data import sequence, tokens
 from components.prepare_data.sequence import PrepareResult
 from components.prepare_data.tokens import PrepareTokensResult

@@ -12,7 +12,7 @@ transfer text is also in test (dropped and counted, or an error with on_overlap=
 
     python -m components.prepare_data --config configs/imdb.yaml --set data.labels_per_class=50
 
-Cleaning, de-duplication, overlap removal and the split checks are lib/splits.py's (shared with
+Cleaning, de-duplication, overlap removal and the split checks are lib/sources/splits.py's (shared with
 token classification, prepare_data/tokens.py).
 """
 
@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import data, tracking
-from components.lib.config import DataConfig, PipelineConfig
-from components.lib.errors import DataError, UserError
-from components.lib.ingest import RawSource, open_source, unlabeled_split
-from components.lib.splits import (
+from components.lib.contracts import data
+from components.lib.core.errors import DataError, UserError
+from components.lib.settings.config import DataConfig, PipelineConfig
+from components.lib.sources.ingest import RawSource, open_source, unlabeled_split
+from components.lib.sources.splits import (
     HOLDOUT,
     SAMPLE,
     SHUFFLE,
@@ -43,6 +43,7 @@ from components.lib.splits import (
     rng,
     verify,
 )
+from components.lib.tracking import runs as tracking
 
 log = logging.getLogger("distilflow.prepare_data")
 

@@ -8,14 +8,14 @@
     transfer  the rest of train with its tags dropped + data.unlabeled_source (a tokens column,
               or raw text split into words by data.pretokenizer), shuffled, capped (train's rest first, unlabeled rows fill the remaining room)
 
-Sources are read by lib/token_ingest.py (CoNLL / IOB files, Hugging Face token datasets, JSONL /
+Sources are read by lib/sources/token_ingest.py (CoNLL / IOB files, Hugging Face token datasets, JSONL /
 Parquet list columns, the WNUT-16 demo). Tags may be names or indices. Tag names: data.label_names, else the dataset's Sequence(ClassLabel)
 names, else the tags found, O first, then by entity type with B- before I-.
 
 Sentences are de-duplicated by their lower-cased words with whitespace removed (so the same
 sentence pre-tokenised another way still counts as a duplicate), within and across splits; no
 train, dev or transfer sentence is also in test. Output: <data_dir>/{train,dev,test,transfer}.parquet
-(the token contracts of lib/token_data.py) + data_card.json, written atomically. Reached through
+(the token contracts of lib/contracts/token_data.py) + data_card.json, written atomically. Reached through
 `python -m components.prepare_data --set task=token-classification ...`.
 """
 
@@ -31,12 +31,23 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import data, token_data, tokens, tracking
-from components.lib.config import DataConfig, PipelineConfig
-from components.lib.errors import DataError, UserError
-from components.lib.splits import HOLDOUT, SAMPLE, SHUFFLE, dedupe, drop_overlap, label_budgets, rng, verify
-from components.lib.task import Task
-from components.lib.token_ingest import RawSentences, load_labeled, load_languages, load_unlabeled
+from components.lib.contracts import data, token_data
+from components.lib.core import tokens
+from components.lib.core.errors import DataError, UserError
+from components.lib.core.task import Task
+from components.lib.settings.config import DataConfig, PipelineConfig
+from components.lib.sources.splits import (
+    HOLDOUT,
+    SAMPLE,
+    SHUFFLE,
+    dedupe,
+    drop_overlap,
+    label_budgets,
+    rng,
+    verify,
+)
+from components.lib.sources.token_ingest import RawSentences, load_labeled, load_languages, load_unlabeled
+from components.lib.tracking import runs as tracking
 
 log = logging.getLogger("distilflow.prepare_data")
 

@@ -11,7 +11,7 @@ tag, logits (float32) and the chosen layer's hidden state (float16). Same shards
 and merge; the metadata also counts words_total / words_covered (summed over chunks and shards).
 
 The task modules (sequence.py, tokens.py) read rows, score a chunk and build its table; the
-shards, chunk fingerprints, streaming writes and the merge are lib/shards.py's.
+shards, chunk fingerprints, streaming writes and the merge are lib/contracts/shards.py's.
 
 Layout under cfg.pseudo_dir:
   chunks/shard-i-of-n/rows-<start>-<stop>.parquet   resumable work units (atomic, removed at the end)
@@ -35,14 +35,9 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from components.lib import data, tracking
-from components.lib import teacher as T
-from components.lib.cli import add_config_args, run_guarded, step_main
-from components.lib.config import PipelineConfig, load_config
-from components.lib.env import scoped_env
-from components.lib.errors import DataError, UserError
-from components.lib.pseudo_values import check_pseudo_values
-from components.lib.shards import (
+from components.lib.contracts import data
+from components.lib.contracts.pseudo_values import check_pseudo_values
+from components.lib.contracts.shards import (
     COUNT_KEYS,
     MergeResult,
     counts,
@@ -54,6 +49,12 @@ from components.lib.shards import (
     stored_fingerprint,
     write_stream,
 )
+from components.lib.core.env import scoped_env
+from components.lib.core.errors import DataError, UserError
+from components.lib.models import teacher as T
+from components.lib.settings.cli import add_config_args, run_guarded, step_main
+from components.lib.settings.config import PipelineConfig, load_config
+from components.lib.tracking import runs as tracking
 from components.pseudo_label import sequence, tokens
 
 log = logging.getLogger("distilflow.pseudo_label")

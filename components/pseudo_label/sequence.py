@@ -1,6 +1,6 @@
 """pseudo-label for sequence classification: the teacher's hard label, logits (float32) and the
-chosen layer's [CLS]/mean representation (float16) per text; the pseudo contract of lib/data.py.
-The shards, chunks, resume and merge are lib/shards.py's, driven by pseudo_label/__init__.py.
+chosen layer's [CLS]/mean representation (float16) per text; the pseudo contract of lib/contracts/data.py.
+The shards, chunks, resume and merge are lib/contracts/shards.py's, driven by pseudo_label/__init__.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from components.lib import data
-from components.lib import teacher as T
-from components.lib.config import PipelineConfig
+from components.lib.contracts import data
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
 
 TABLE = "pseudo"
 

@@ -1,6 +1,6 @@
 """pseudo-label for token classification: per word the teacher saw (its first sub-piece; `tokens`
 is cut to the words inside max_length) the tag, logits (float32) and the chosen layer's hidden
-state (float16); the pseudo-tokens contract of lib/token_data.py. The metadata also counts
+state (float16); the pseudo-tokens contract of lib/contracts/token_data.py. The metadata also counts
 words_total / words_covered (summed over chunks and shards).
 """
 
@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.lib import teacher as T
-from components.lib import token_data
-from components.lib.config import PipelineConfig
-from components.lib.errors import DataError, UserError
-from components.lib.shards import COUNT_KEYS, sum_counts
-from components.lib.task import Task
+from components.lib.contracts import token_data
+from components.lib.contracts.shards import COUNT_KEYS, sum_counts
+from components.lib.core.errors import DataError, UserError
+from components.lib.core.task import Task
+from components.lib.models import teacher as T
+from components.lib.settings.config import PipelineConfig
 
 TABLE = "pseudo-tokens"
 

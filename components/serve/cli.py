@@ -7,12 +7,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from components.lib.config import PipelineConfig
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
+from components.lib.settings.config import PipelineConfig
 from components.serve import isvc
 from components.serve.server import start, stop
 
-CHAMPION = "champion"  # the alias export moves (components/lib/registry.py)
+CHAMPION = "champion"  # the alias export moves (components/lib/publish/registry.py)
 # What KServe's storage initializer downloads (a file: or mlflow-artifacts: location it cannot).
 KSERVE_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "http://", "hdfs://", "webhdfs://", "oci://", "hf://")
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file:")
@@ -71,7 +71,7 @@ def render(cfg: PipelineConfig, args, tracking_uri: str) -> str:
 
 
 def serve_command(cfg: PipelineConfig, args) -> None:
-    from components.lib import tracking
+    from components.lib.tracking import runs as tracking
 
     uri = tracking.tracking_uri(cfg)
     if args.render_isvc:

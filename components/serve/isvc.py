@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
 
 NAMESPACE = "distilflow-serving"
 RUNTIME_NAME = "distilflow-mlserver"

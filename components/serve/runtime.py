@@ -115,7 +115,7 @@ class DistilflowRuntime(MLflowRuntime):
 
     def _limit_threads(self, model_dir: Path, threads: int) -> None:
         """torch's intra-op threads, and the student's ONNX Runtime session re-made from its bundle
-        (pyfunc.json names the graph: components/lib/pyfunc.py) with `threads` and no spinning."""
+        (pyfunc.json names the graph: components/lib/publish/pyfunc.py) with `threads` and no spinning."""
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         try:

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.lib.errors import UserError
+from components.lib.core.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVE_VENV = PROJECT_ROOT / ".venv-serve"

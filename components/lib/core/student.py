@@ -1,0 +1,236 @@
+"""The BiLSTM student: a trimmed word-piece vocabulary, SVD-initialised embeddings, a BiLSTM,
+masked max-pooling, a dense layer in the teacher's representation width, and a classifier.
+
+Pure math: no file I/O, no MLflow. Padding never changes the output and the graph exports to
+ONNX with dynamic batch and sequence axes: instead of pack_padded_sequence, the backward LSTM
+runs causally over each sequence reversed *within its own length* (pads stay at the end), so no
+LSTM ever reads a pad before a real token, and pads are masked out of the max-pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.lib.core.task import Task
+
+PAD, UNK = 0, 1  # student ids reserved for padding and unknown pieces
+
+
+class VocabMap:
+    """Student id <-> teacher word-piece id. Student 0 = pad, 1 = unk, 2.. = kept pieces."""
+
+    def __init__(self, teacher_ids: list[int] | np.ndarray, teacher_vocab_size: int, teacher_pad_id: int, teacher_unk_id: int):
+        # teacher_ids[s] = teacher piece of student id s, for s >= 2 (ids 0/1 are pad/unk).
+        self.kept = np.asarray(teacher_ids, dtype=np.int64)
+        self.teacher_vocab_size = int(teacher_vocab_size)
+        self.teacher_pad_id, self.teacher_unk_id = int(teacher_pad_id), int(teacher_unk_id)
+        if len(self.kept) and (self.kept.min() < 0 or self.kept.max() >= self.teacher_vocab_size):
+            raise ValueError("teacher ids outside the teacher vocabulary")
+        if len(set(self.kept.tolist())) != len(self.kept):
+            raise ValueError("duplicate teacher ids in the vocabulary map")
+        # Vectorised encoder: one int32 lookup table over the whole teacher vocabulary.
+        self.table = np.full(self.teacher_vocab_size, UNK, dtype=np.int32)
+        self.table[self.kept] = np.arange(2, 2 + len(self.kept), dtype=np.int32)
+        self.table[self.teacher_pad_id] = PAD
+
+    @classmethod
+    def from_counts(
+        cls, counts: np.ndarray, min_count: int, max_vocab: int | None, keep: list[int],
+        teacher_pad_id: int, teacher_unk_id: int,
+    ) -> VocabMap:
+        """Pieces seen >= min_count times (the most frequent max_vocab of them) plus `keep` (specials).
+
+        counts: (V_teacher,) occurrences of each teacher piece in the training texts.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        special = {teacher_pad_id, teacher_unk_id}
+        forced = [t for t in dict.fromkeys(keep) if t not in special]
+        candidates = np.flatnonzero(counts >= min_count)
+        candidates = candidates[~np.isin(candidates, list(special) + forced)]
+        # Most frequent first; ties by teacher id so the map is deterministic.
+        order = np.lexsort((candidates, -counts[candidates]))
+        candidates = candidates[order]
+        if max_vocab is not None:
+            candidates = candidates[: max(0, max_vocab - 2 - len(forced))]
+        kept = np.concatenate([np.asarray(forced, dtype=np.int64), np.sort(candidates)])
+        return cls(kept, len(counts), teacher_pad_id, teacher_unk_id)
+
+    def __len__(self) -> int:
+        return 2 + len(self.kept)
+
+    @property
+    def teacher_ids(self) -> np.ndarray:
+        """(S,) teacher piece for every student id, pad and unk included."""
+        return np.concatenate([[self.teacher_pad_id, self.teacher_unk_id], self.kept]).astype(np.int64)
+
+    def encode(self, teacher_ids: np.ndarray) -> np.ndarray:
+        """Any-shape teacher ids -> student ids (int32); pieces not kept -> UNK."""
+        return self.table[np.asarray(teacher_ids, dtype=np.int64)]
+
+    def decode(self, student_ids: np.ndarray) -> np.ndarray:
+        return self.teacher_ids[np.asarray(student_ids, dtype=np.int64)]
+
+    def to_dict(self) -> dict:
+        return {
+            "teacher_vocab_size": self.teacher_vocab_size, "teacher_pad_id": self.teacher_pad_id,
+            "teacher_unk_id": self.teacher_unk_id, "teacher_ids": self.kept.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VocabMap:
+        return cls(d["teacher_ids"], d["teacher_vocab_size"], d["teacher_pad_id"], d["teacher_unk_id"])
+
+
+def svd_embeddings(teacher_rows: np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:
+    """(S, H) teacher embedding rows -> (S, dim): the centred rows in their top-`dim` principal axes.
+
+    centred = U diag(s) V^T; init = centred V_k = U_k diag(s_k), the rank-k PCA coordinates, scaled
+    to unit RMS so the LSTM's default init sees inputs on the usual N(0, 1) embedding scale.
+    """
+    rows = torch.as_tensor(np.asarray(teacher_rows), dtype=torch.float64)
+    if dim > min(rows.shape):
+        raise ValueError(f"embed_dim {dim} exceeds the rank bound min{tuple(rows.shape)}")
+    centred = rows - rows.mean(dim=0, keepdim=True)  # (S, H)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(S,H), H)
+    coords = centred @ vh[:dim].T  # (S, dim)
+    coords = coords / coords.pow(2).mean().sqrt().clamp_min(1e-12)
+    return coords.float()
+
+
+@dataclass(frozen=True)
+class StudentArch:
+    vocab_size: int
+    embed_dim: int
+    hidden: int
+    layers: int
+    dropout: float
+    repr_dim: int  # the teacher's representation width (stage-1 target)
+    num_labels: int
+    task: str = Task.sequence_classification.value  # token-classification: one output per piece, no pooling
+
+    @property
+    def per_token(self) -> bool:
+        return self.task == Task.token_classification.value
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StudentArch:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D): reverse each row's first len_b steps, leave the pads in place (an involution)."""
+    t = torch.arange(x.shape[1], device=x.device).unsqueeze(0)  # (1, T)
+    lens = lengths.unsqueeze(1)  # (B, 1)
+    idx = torch.where(t < lens, lens - 1 - t, t)  # (B, T)
+    return x.gather(1, idx.unsqueeze(-1).expand_as(x))
+
+
+def encoder_groups(layers: int) -> tuple[str, ...]:
+    """Names of the encoder's parameter groups, top first: ("encoder",) for one layer, else
+    ("encoder.<layers>", ..., "encoder.1"), so gradual unfreezing can free one layer at a time."""
+    return ("encoder",) if layers == 1 else tuple(f"encoder.{i}" for i in range(layers, 0, -1))
+
+
+class BiLSTMStudent(nn.Module):
+    def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.arch = arch
+        self.embeddings = nn.Embedding(arch.vocab_size, arch.embed_dim, padding_idx=PAD)
+        if embeddings is not None:
+            if tuple(embeddings.shape) != (arch.vocab_size, arch.embed_dim):
+                raise ValueError(f"embeddings shape {tuple(embeddings.shape)} != {(arch.vocab_size, arch.embed_dim)}")
+            with torch.no_grad():
+                self.embeddings.weight.copy_(embeddings)
+                self.embeddings.weight[PAD].zero_()
+        self.dropout = nn.Dropout(arch.dropout)
+        widths = [arch.embed_dim] + [2 * arch.hidden] * (arch.layers - 1)
+        self.fwd = nn.ModuleList(nn.LSTM(w, arch.hidden, batch_first=True) for w in widths)
+        self.bwd = nn.ModuleList(nn.LSTM(w, arch.hidden, batch_first=True) for w in widths)
+        self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
+        self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a
+        stacked encoder is one group per layer, top first (encoder_groups)."""
+        if self.arch.layers == 1:
+            encoder = {"encoder": [*self.fwd.parameters(), *self.bwd.parameters()]}
+        else:  # "encoder.<i>": both directions of layer i (1 = the bottom one, over the embeddings)
+            encoder = {name: [*self.fwd[i].parameters(), *self.bwd[i].parameters()]
+                       for name, i in zip(encoder_groups(self.arch.layers), reversed(range(self.arch.layers)), strict=True)}
+        return {
+            "classifier": [*self.dense.parameters(), *self.classifier.parameters()],
+            **encoder,
+            "embeddings": [*self.embeddings.parameters()],
+        }
+
+    def _layers(self, input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
+                natural_last: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run the BiLSTM stack over (B, T) ids, mask (bool) and lengths (B,). natural_last: the
+        (B, T, 2H) states of the top layer in natural order, pads zeroed; else its forward states and
+        its backward states still in reversed order ((B, T, H) each; pads hold garbage) - all an
+        order-free pooling needs, one gather less."""
+        x = self.dropout(self.embeddings(input_ids))  # (B, T, E)
+        top = len(self.fwd) - 1
+        for i, (fwd, bwd) in enumerate(zip(self.fwd, self.bwd, strict=True)):
+            h_f, _ = fwd(x)  # (B, T, H): step t saw tokens 0..t
+            h_b, _ = bwd(reverse_within_length(x, lengths))  # step t saw tokens len-1..len-1-t
+            if i == top and not natural_last:
+                return h_f, h_b
+            h_b = reverse_within_length(h_b, lengths)  # back to natural order
+            x = torch.cat([h_f, h_b], dim=-1) * mask.unsqueeze(-1).to(x.dtype)  # (B, T, 2H), pad states zeroed
+        return x
+
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
+        mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
+        return self._layers(input_ids, mask, mask.long().sum(1), natural_last=True)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states.
+
+        Max-pooling does not care about order, and reverse_within_length leaves the pads in place,
+        so the top layer's backward states are pooled as they come out (reversed): the same
+        numbers as pooling states(), without reordering and concatenating (B, T, 2H)."""
+        mask = attention_mask.bool()
+        lengths = mask.long().sum(1)  # (B,)
+        h_f, h_b = self._layers(input_ids, mask, lengths, natural_last=False)
+        pad = ~mask.unsqueeze(-1)  # (B, T, 1)
+        pooled = torch.cat([h_f.masked_fill(pad, float("-inf")).amax(dim=1),
+                            h_b.masked_fill(pad, float("-inf")).amax(dim=1)], dim=-1)  # (B, 2H)
+        # An all-pad row would pool to -inf; make it 0 instead of NaN downstream.
+        return pooled.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> logits (B, C), projected representation (B, R) (regressed onto the teacher's in stage 1).
+        A token-classification student keeps every position: logits (B, T, C), projected (B, T, R)."""
+        if self.arch.per_token:
+            feats = self.dropout(self.states(input_ids, attention_mask))  # (B, T, 2H)
+        else:
+            feats = self.dropout(self.encode(input_ids, attention_mask))  # (B, 2H)
+        projected = self.dense(feats)  # (B, [T,] R)
+        logits = self.classifier(self.dropout(torch.nn.functional.gelu(projected)))  # (B, [T,] C)
+        return logits, projected
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T), (B, T) -> (B, C), or (B, T, C) per piece for a tagger: the inference graph (what ONNX exports)."""
+        return self.forward(input_ids, attention_mask)[0]
+
+
+class LogitsOnly(nn.Module):
+    """Wraps a student so torch.onnx.export / tracing sees a single (B, C) output."""
+
+    def __init__(self, student: BiLSTMStudent):
+        super().__init__()
+        self.student = student
+        self.train(student.training)  # a fresh Module is in training mode; keep the student's mode
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.student.logits(input_ids, attention_mask)
+

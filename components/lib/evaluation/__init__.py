@@ -1,0 +1,4 @@
+"""What evaluate measures and writes: metrics, timing, plots, report.json's body and report.md.
+
+May import: core, settings.
+"""

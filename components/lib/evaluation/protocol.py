@@ -1,0 +1,93 @@
+"""What both evaluate paths share: which students to evaluate, which one is the headline, the
+timing protocol (items/s at evaluate.batch_size, batch-1 latency), the dev-split block every
+later decision reads, and the report.json body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.lib.core.errors import UserError
+from components.lib.evaluation import report
+from components.lib.settings.config import PipelineConfig, StudentMode
+
+
+def find_students(cfg: PipelineConfig, student_dirs: dict[str, Path] | None) -> dict[str, Path]:
+    """mode -> dir: the explicit mapping (kfp passes artifact paths), else every trained mode's dir."""
+    if student_dirs is not None:
+        dirs = {StudentMode(m).value: Path(p) for m, p in student_dirs.items()}
+        missing = [f"{m}: {p}" for m, p in dirs.items() if not (p / "config.json").exists()]
+        if missing:
+            raise UserError(f"student dir without config.json ({'; '.join(missing)})")
+    else:
+        dirs = {m.value: cfg.student_dir(m) for m in cfg.student_modes if (cfg.student_dir(m) / "config.json").exists()}
+    if not dirs:
+        expected = ", ".join(str(cfg.student_dir(m)) for m in cfg.student_modes)
+        raise UserError(f"no trained student found (looked in {expected}); run distill-student first")
+    return dirs
+
+
+def chosen_mode(cfg: PipelineConfig, modes: list[str]) -> str:
+    """The configured mode when it was evaluated, else the first distilled (non-baseline) one."""
+    if cfg.student.mode.value in modes:
+        return cfg.student.mode.value
+    distilled = [m for m in modes if m != StudentMode.labels_only.value]
+    return (distilled or modes)[0]
+
+
+def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str, float]]:
+    """(items/s at evaluate.batch_size over throughput_rows items, batch-1 latency p50/p95/mean ms)."""
+    bs = cfg.evaluate.batch_size
+    return report.throughput(predict, report.repeat_to(texts, cfg.evaluate.throughput_rows), bs), \
+        report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
+
+
+def dev_block(teacher: dict, students: dict[str, dict], mode: str, metric: str, rows: int) -> dict:
+    """What export decides on (int8 keep/drop, the champion gate): every model's `metric` on the dev
+    split (each model dict's "dev" entry), never test. The baseline is the labels-only student."""
+    t = teacher["dev"][metric]
+    s = students[mode]["dev"][metric]
+    baseline = StudentMode.labels_only.value
+    b = students[baseline]["dev"][metric] if mode != baseline and baseline in students else None
+    return {
+        "split": "dev", "rows": rows, "metric": metric, "teacher": t, "student": s,
+        "students": {m: v["dev"][metric] for m, v in students.items()}, "baseline": b,
+        "retention": s / t if t else 0.0,
+        # strictly better: a tie leaves the distilled student (it was the configured choice)
+        "baseline_beats_student": b is not None and b > s + 1e-12,
+    }
+
+
+def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
+                 test_rows: int, card: dict | None, metric: str = "accuracy", dev_rows: int = 0) -> dict:
+    """The report.json body; `metric` (accuracy, or entity f1 for token classification) is the
+    headline score. Test scores are reported; the `dev` block (dev_block) is what export decides on."""
+    mode = chosen_mode(cfg, list(students))
+    student = students[mode]
+    rep = {
+        "metric": metric,
+        "teacher": teacher,
+        "student": student,
+        "students": students,
+        "retention": student[metric] / teacher[metric] if teacher[metric] else 0.0,
+        "dev": dev_block(teacher, students, mode, metric, dev_rows),
+        "params": {"teacher": teacher["params"], "student": student["params"]},
+        "compression": teacher["params"] / student["params"],
+        "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],
+                       "student_onnx": student["throughput_onnx"]},
+        "speedup": student["throughput"] / teacher["throughput"],
+        "speedup_onnx": student["throughput_onnx"] / teacher["throughput"],
+        "latency_ms": {"teacher": teacher["latency_ms"], "student": student["latency_ms"],
+                       "student_onnx": student["latency_ms_onnx"]},
+        "label_names": label_names,
+        "test_rows": test_rows,
+        "batch_size": cfg.evaluate.batch_size,
+        "throughput_rows": cfg.evaluate.throughput_rows,
+        "latency_runs": cfg.evaluate.latency_runs,
+        "data_card": card,
+        "environment": report.environment(),
+    }
+    baseline = StudentMode.labels_only.value
+    if mode != baseline and baseline in students:
+        rep["baseline"] = students[baseline]
+    return rep
