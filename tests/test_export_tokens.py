@@ -161,6 +161,43 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
     assert loaded.predict(TEXTS)["entities"].tolist() == pred["entities"].tolist()
 
 
+def test_exported_tagger_gives_the_same_spans_in_a_fresh_process(evaluated_ner_work_dir, tmp_path):
+    """The pyfunc dir export writes is whole: loaded from it in a fresh Python (cwd outside the repo,
+    no PYTHONPATH), every `components` module it imports (the tagger, core/tokens.py, core/decode.py,
+    core/errors.py) comes from its code_paths, and the spans are the ones loaded in this process."""
+    import mlflow.pyfunc
+
+    from components import export
+
+    cfg = ner_cfg(evaluated_ner_work_dir, None, export={"output_dir": str(tmp_path / "export"), "quantize": False})
+    export.run(cfg)
+    pyfunc_dir = tmp_path / "export" / "pyfunc"
+    here = mlflow.pyfunc.load_model(str(pyfunc_dir)).predict(TEXTS)
+    script = textwrap.dedent("""
+        import json, sys
+        assert "components" not in sys.modules
+        import mlflow.pyfunc
+        out = mlflow.pyfunc.load_model(sys.argv[1]).predict(json.loads(sys.argv[2]))
+        files = {n: m.__file__ for n, m in sys.modules.items() if n.startswith("components") and getattr(m, "__file__", None)}
+        print(json.dumps({"entities": out["entities"].tolist(), "tags": out["tags"].tolist(), "files": files}))
+    """)
+    (tmp_path / "elsewhere").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script, str(pyfunc_dir), json.dumps(TEXTS)], cwd=tmp_path / "elsewhere",
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the editable install could serve a module the model lacks from the repo: none may come from there
+    assert {"components.lib.publish.pyfunc", "components.lib.core.decode", "components.lib.core.tokens"} <= set(got["files"])
+    assert all(Path(f).resolve().is_relative_to((pyfunc_dir / "code").resolve()) for f in got["files"].values()), got["files"]
+    assert got["tags"] == [list(t) for t in here["tags"]]
+    key = lambda ents: [(e["entity"], e["text"], e["start"], e["end"]) for e in ents]  # noqa: E731
+    want = here["entities"].tolist()
+    assert [key(e) for e in got["entities"]] == [key(e) for e in want] and sum(map(len, want)) >= 4
+    for g, w in zip(got["entities"], want, strict=True):
+        assert [e["score"] for e in g] == pytest.approx([e["score"] for e in w], abs=1e-6)
+
+
 def test_token_export_refuses_a_classification_report(evaluated_ner_work_dir, tmp_path):
     from components import export
     from components.lib.core.errors import UserError

@@ -13,6 +13,7 @@ import yaml
 import pipeline
 from components.lib.settings.config import DEFAULT_CONFIG, load_config
 from components.lib.tracking import fingerprint
+from components.runner.local import PUBLISH
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_EXECUTORS = ("exec-finetune-teacher", "exec-pseudo-label-transfer-set", "exec-distill-student",
@@ -97,7 +98,7 @@ def test_exit_handler_closes_the_parent_run_on_a_cluster(demo):
     env = platform["exec-close-parent-run"]
     assert env["configMapAsEnv"][0]["configMapName"] == "distilflow-mlflow"
     assert env["fieldPathAsEnv"] == [{"name": "KFP_RUN_ID", "fieldPath": pipeline.RUN_ID_FIELD}]
-    assert pipeline.PUBLISH not in yaml.safe_dump(spec)  # the kfp.local outputs task stays local
+    assert PUBLISH not in yaml.safe_dump(spec)  # the kfp.local outputs task stays local
 
 
 def test_dag_edges(demo):

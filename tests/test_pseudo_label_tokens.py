@@ -182,14 +182,14 @@ def test_resume_recomputes_only_the_missing_chunk(tmp_path, tiny_ner_dir, tagger
 
 def test_streaming_holds_one_chunk_at_a_time(tmp_path, tiny_ner_dir, tagger_dir, monkeypatch):
     sizes = []
-    real = token_data.iter_token_transfer
+    real = P.tokens.read_rows  # token_data.iter_token_transfer, as the step reads the transfer rows
 
     def counting(*args, **kwargs):
         for part in real(*args, **kwargs):
             sizes.append(len(part))
             yield part
 
-    monkeypatch.setattr(token_data, "iter_token_transfer", counting)
+    monkeypatch.setattr(P.tokens, "read_rows", counting)
     res = P.run(_cfg(tmp_path, tiny_ner_dir, tagger_dir, chunk_rows=30))
     assert sum(sizes) == 120 and max(sizes) <= 30 and res.max_rows_held == 30 and res.chunks == 4
 

@@ -2,7 +2,7 @@
 free loopback port, one server per model kind, V2 requests; the bad requests; the KServe manifests.
 
 Tiny students come from conftest.py (tiny_student_dir, tiny_tagger_dir); their pyfuncs are saved
-as the export step saves them (pyfunc_bundle + pyfunc_kwargs / tagger_kwargs). No mocks: the
+as the export step saves them (pyfunc_bundle + sequence.py's / tokens.py's pyfunc_kwargs). No mocks: the
 predictions are compared with the same pyfunc loaded in this process.
 """
 
@@ -29,8 +29,7 @@ SENTENCES = ["yesterday Alice met Bob Smith near New York.", "acme corp hired ca
 def _save(model_dir: Path, student_dir: Path, out: Path, tagger: bool) -> Path:
     import mlflow.pyfunc
 
-    from components.export.sequence import pyfunc_kwargs
-    from components.export.tokens import TAGGER_MODULES, tagger_kwargs
+    from components.export import sequence, tokens
     from components.lib.models.student_io import load_student
     from components.lib.publish.onnx import export_onnx
     from components.lib.publish.registry import pyfunc_bundle, pyfunc_code_paths
@@ -38,8 +37,8 @@ def _save(model_dir: Path, student_dir: Path, out: Path, tagger: bool) -> Path:
     st = load_student(student_dir)
     extra = {"task": "token-classification", "pretokenizer": "words"} if tagger else None
     bundle = pyfunc_bundle(student_dir, export_onnx(st, out / "model.onnx", 17), st, out / "student", extra)
-    kwargs = (tagger_kwargs(bundle, pyfunc_code_paths(out / "code", TAGGER_MODULES), ["a b", "c d"]) if tagger
-              else pyfunc_kwargs(bundle, pyfunc_code_paths(out / "code"), ["a b", "c d"], st.label_names))
+    task = tokens if tagger else sequence
+    kwargs = task.pyfunc_kwargs(bundle, pyfunc_code_paths(out / "code", task.CODE_MODULES), ["a b", "c d"], st.label_names)
     mlflow.pyfunc.save_model(str(model_dir), **kwargs)
     return model_dir
 

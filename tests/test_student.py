@@ -224,3 +224,29 @@ def test_onnx_export_dynamic_axes_matches_torch(tmp_path):
     (got,) = sess.run(None, {"input_ids": ids2.numpy(), "attention_mask": mask2.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, model.logits(ids2, mask2).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
+def test_the_student_is_an_encoder_under_a_head_with_the_saved_names(task):
+    """The encoder gives (B, T, 2H) states, the task's head turns them into the outputs; the layers
+    keep the names (and creation order) saved students and exported graphs were written with."""
+    from components.lib.core.student import BiLSTMEncoder, SequenceHead, TokenHead
+
+    torch.manual_seed(0)
+    arch = StudentArch(vocab_size=50, embed_dim=12, hidden=10, layers=2, dropout=0.1, repr_dim=8, num_labels=3, task=task)
+    model = BiLSTMStudent(arch).eval()
+    assert isinstance(model.encoder, BiLSTMEncoder)
+    assert isinstance(model.head, TokenHead if task == "token-classification" else SequenceHead)
+    lstm = [f"{d}.{i}.{w}_l0" for d in ("fwd", "bwd") for i in (0, 1) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert list(model.state_dict()) == ["embeddings.weight", *lstm, "dense.weight", "dense.bias", "classifier.weight", "classifier.bias"]
+    assert [n for n, _ in model.named_children()] == ["embeddings", "dropout", "fwd", "bwd", "dense", "classifier"]
+    ids = torch.randint(2, 50, (3, 6))
+    mask = (torch.arange(6)[None] < torch.tensor([6, 3, 1])[:, None]).long()
+    with torch.no_grad():
+        states = model.encoder(ids, mask)
+        assert states.shape == (3, 6, 2 * arch.hidden) and torch.equal(states, model.states(ids, mask))
+        logits, projected = model(ids, mask)
+    assert logits.shape == ((3, 6, 3) if task == "token-classification" else (3, 3))
+    assert projected.shape == logits.shape[:-1] + (8,)
+    model.train()
+    assert model.training and model.encoder.training and model.head.training and model.dropout.training

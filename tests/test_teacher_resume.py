@@ -116,7 +116,8 @@ def test_a_run_killed_after_early_stopping_trains_no_further(tmp_path, task, tin
     model, tok = T.load_teacher(tiny_bert_dir, label_names=train.label_names)
     fingerprint = F.run_fingerprint(cfg, [cfg.data_dir / "train.parquet", cfg.data_dir / "dev.parquet"], tiny_bert_dir, model)
     # the whole fit, checkpoints and all: what a process killed right after it leaves on disk
-    trainer, history, ex_per_s, _ = sequence._train(cfg, model, tok, train, dev, F.checkpoint_dir(cfg.teacher_dir), fingerprint)
+    trainer, history, ex_per_s, _ = finetune_teacher.fit(cfg, sequence, model, tok, train, dev, F.checkpoint_dir(cfg.teacher_dir),
+                                                        fingerprint)
     stopped = len(history)
     assert stopped < EPOCHS  # early stopping fired
     # examples/s counts the epochs trained, not the planned ones (transformers 5 scales its figure by the steps run)

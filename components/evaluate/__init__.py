@@ -1,26 +1,139 @@
-"""evaluate: the one step that reads the test split. Teacher vs student(s) vs baseline:
-quality, size and speed (sequence.py: accuracy, macro-F1, ECE; tokens.py: entity P/R/F1 per
-type and language). Student discovery and the report body are lib/evaluation/protocol.py's.
+"""evaluate: the one step that reads the test split. Teacher vs student(s) vs baseline: quality,
+size and speed. Every model is also scored on the dev split (report.json's `dev` block): export
+decides int8 keep/drop and the champion gate on those, never on test.
+
+Size (parameters, weights on disk, compression) and speed (items/s at evaluate.batch_size, p50/p95
+latency at batch 1) are measured in this process on this machine: torch for the teacher, torch and
+ONNX Runtime for every student. Writes cfg.eval_dir atomically: report.json, report.md, PNG plots.
+
+run() below is the step for every task; what differs (how a model is scored, the metrics, the
+markdown and the plots, the result) are the EvalHooks of hooks.py, one module per task in TASKS
+(sequence.py: accuracy, macro-F1, ECE; tokens.py: entity P/R/F1 per type and language). Student
+discovery, timings and the report body are lib/evaluation/protocol.py's.
 
     python -m components.evaluate --config configs/demo.yaml [--set section.key=value ...]
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
 
 from components.evaluate import sequence, tokens
+from components.evaluate.hooks import EvalHooks, Examples
 from components.evaluate.sequence import EvalResult
 from components.evaluate.tokens import TokenEvalResult
+from components.lib.contracts import data
+from components.lib.core.errors import UserError
+from components.lib.core.task import Task
+from components.lib.evaluation import report
+from components.lib.evaluation.protocol import build_report, find_students, timings
 from components.lib.settings.cli import step_main
 from components.lib.settings.config import PipelineConfig
+from components.lib.tracking import runs as tracking
 
-__all__ = ["run", "main", "EvalResult", "TokenEvalResult"]
+__all__ = ["run", "main", "EvalResult", "TokenEvalResult", "TASKS"]
+
+TASKS: dict[Task, EvalHooks] = {Task.sequence_classification: sequence, Task.token_classification: tokens}
+# report.json keys logged as MLflow metrics for every task; each task adds its scores (logged_scores)
+LOGGED_KEYS = ("teacher", "students", "retention", "dev", "params", "compression", "throughput", "speedup",
+               "speedup_onnx", "latency_ms")
+
+
+def evaluate_teacher(cfg: PipelineConfig, task: EvalHooks, test: Examples, dev: Examples,
+                     label_names: list[str]) -> tuple[dict, Any]:
+    """The teacher's entry of report.json and its test predictions (what agreement compares with)."""
+    from components.lib.core.torch_utils import count_parameters
+    from components.lib.models.teacher import label_names_of
+
+    path = tracking.resolve_teacher(cfg)
+    model, forward = task.load_teacher(path, cfg.teacher.max_length, cfg.evaluate.batch_size)
+    if label_names_of(model) != label_names:
+        raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
+    t0 = time.perf_counter()
+    with tqdm(total=len(test.inputs), desc=task.LINES.progress, unit=task.LINES.unit, disable=None) as bar:
+        logits = forward(test.inputs, progress=bar.update)
+    task.log.info(task.LINES.scored, len(test.inputs), time.perf_counter() - t0)
+    speed, lat = timings(forward, test.inputs, cfg)
+    out, pred = task.scores(logits, test, label_names, cfg)
+    out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names)
+    out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=cfg.teacher.max_length,
+               params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
+               throughput=speed, latency_ms=lat)
+    task.log.info(task.LINES.teacher, out[task.METRIC], speed, lat["p50"])
+    return out, pred
+
+
+def evaluate_student(cfg: PipelineConfig, task: EvalHooks, path: Path, test: Examples, dev: Examples,
+                     label_names: list[str], teacher_pred: Any, scratch: Path) -> dict:
+    """One student's entry of report.json: torch and ONNX Runtime (exported into `scratch`)."""
+    from components.lib.core.torch_utils import count_parameters
+    from components.lib.publish.onnx import export_onnx, ort_session
+
+    st, forward, onnx_forward = task.load_student(path, cfg.evaluate.batch_size)
+    if st.label_names != label_names:
+        raise UserError(f"{path}/config.json: label_names {st.label_names} differ from the test split's {label_names}")
+    out, pred = task.scores(forward(test.inputs), test, label_names, cfg)
+    speed, lat = timings(forward, test.inputs, cfg)
+    onnx_path = export_onnx(st, scratch / f"{st.mode.replace('+', '_')}.onnx", cfg.export.opset)
+    session = ort_session(onnx_path, cfg.evaluate.num_threads)
+    speed_onnx, lat_onnx = timings(lambda batch: onnx_forward(session, batch), test.inputs, cfg)
+    out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names)
+    out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=task.agreement(pred, teacher_pred),
+               params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
+               onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
+               throughput_onnx=speed_onnx, latency_ms_onnx=lat_onnx)
+    out.update(task.student_fields(st, test))
+    task.log.info(task.LINES.student, st.mode, out[task.METRIC], out["agreement"], speed, speed_onnx)
+    return out
+
+
+def log_run(tr, task: EvalHooks, rep: dict, eval_dir: Path) -> None:
+    """The report's metrics, tags and files on the step's MLflow run."""
+    logged = {k: rep[k] for k in LOGGED_KEYS}
+    logged.update(task.logged_scores(rep))
+    tr.log_metrics(report.flat_metrics(logged))
+    task_tag = {} if task.LOGGED_TASK is None else {"distilflow.task": task.LOGGED_TASK}
+    tr.set_tags({"distilflow.student_mode": rep["student"]["mode"], "distilflow.cpu": rep["environment"]["cpu"], **task_tag})
+    tr.log_artifacts(eval_dir, "eval")
 
 
 def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> EvalResult | TokenEvalResult:
-    """The step for cfg.task: one code path per task, the shared machinery below them in lib/."""
-    return (tokens if cfg.is_token_task else sequence).run(cfg, student_dirs)
+    import torch
+
+    task = TASKS[cfg.task]
+    if cfg.evaluate.num_threads:
+        torch.set_num_threads(cfg.evaluate.num_threads)
+    dirs = find_students(cfg, student_dirs)
+    splits = data.read_splits(cfg.data_dir, ("test", "dev"), task.read_split)
+    test, dev = task.examples(splits, cfg.data_dir)
+    label_names = splits["test"].label_names
+    card_path = cfg.data_dir / "data_card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else None
+
+    with tracking.step_run(cfg, "evaluate") as tr:
+        task_param = {} if task.LOGGED_TASK is None else {"task": task.LOGGED_TASK}
+        tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), **task_param,
+                       "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()}, "test_rows": len(test.inputs)})
+        teacher, teacher_pred = evaluate_teacher(cfg, task, test, dev, label_names)
+        with tempfile.TemporaryDirectory() as scratch:
+            students = {m: evaluate_student(cfg, task, p, test, dev, label_names, teacher_pred, Path(scratch))
+                        for m, p in dirs.items()}
+        rep = task.complete_report(build_report(cfg, teacher, students, label_names, len(test.inputs), card,
+                                                metric=task.METRIC, dev_rows=len(dev.inputs)), test)
+        with data.atomic_dir(cfg.eval_dir) as out:
+            data.write_json(out / "report.json", rep)
+            task.write_views(rep, out)
+        log_run(tr, task, rep, cfg.eval_dir)
+
+    task.log.info(task.LINES.done, rep["retention"], rep["compression"], rep["speedup"], rep["speedup_onnx"],
+                  cfg.eval_dir / "report.json")
+    return task.result(rep, cfg.eval_dir / "report.json")
 
 
 def main(argv: list[str] | None = None) -> int:

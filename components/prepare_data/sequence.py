@@ -1,4 +1,4 @@
-"""prepare-data for sequence classification: ingest a source, clean, de-duplicate, and make the low-resource split.
+"""prepare-data hooks for sequence classification: texts with a class label (PrepareHooks).
 
     train     N labeled examples per class (data.labels_per_class), sampled with data.seed
     dev       data.dev_per_class labeled examples per class (default min(10, labels_per_class): never
@@ -6,20 +6,15 @@
     test      the official test split (test_source / test_split) or a stratified held-out share
     transfer  the rest of train with labels dropped + the unlabeled source, shuffled, capped
 
-Exact duplicates (after cleaning) are removed within and across splits; no train, dev or
-transfer text is also in test (dropped and counted, or an error with on_overlap=fail). Output:
-<data_dir>/{train,dev,test,transfer}.parquet + data_card.json, written atomically.
+Texts are cleaned (HTML tags, entities, whitespace) as they are read; the flow in
+components/prepare_data/__init__.py then removes exact duplicates of the cleaned text within and
+across splits and drops train, dev and transfer texts that are also in test.
 
     python -m components.prepare_data --config configs/imdb.yaml --set data.labels_per_class=50
-
-Cleaning, de-duplication, overlap removal and the split checks are lib/sources/splits.py's (shared with
-token classification, prepare_data/tokens.py).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from components.lib.contracts import data
 from components.lib.core.errors import DataError, UserError
-from components.lib.settings.config import DataConfig, PipelineConfig
+from components.lib.settings.config import DataConfig
 from components.lib.sources.ingest import RawSource, open_source, unlabeled_split
 from components.lib.sources.splits import (
     HOLDOUT,
@@ -37,17 +32,15 @@ from components.lib.sources.splits import (
     SHUFFLE,
     check_texts,
     clean_texts,
-    dedupe,
-    drop_overlap,
     label_budgets,
     rng,
-    verify,
 )
-from components.lib.tracking import runs as tracking
+from components.prepare_data.hooks import Inputs
 
-log = logging.getLogger("distilflow.prepare_data")
-
-SPLITS = ("train", "dev", "test", "transfer")
+KEY, TARGET, NOUN, UNIT = "text", "label", "texts", "rows"
+CONFLICTS = "duplicate_texts_with_conflicting_labels"
+COUNT_DUPLICATES = False
+TASK_FIELDS: dict[str, str] = {}  # the first task: its card and params never named it
 
 
 class PrepareResult(BaseModel):
@@ -60,6 +53,9 @@ class PrepareResult(BaseModel):
     overlap_removed: int
     seconds: float
     run_id: str | None = None
+
+
+Result = PrepareResult
 
 
 # ---------------------------------------------------------------- labels
@@ -111,7 +107,7 @@ def label_space(dc: DataConfig, source: RawSource, raw_train: pd.Series) -> Labe
     return LabelSpace(names, {n: i for i, n in enumerate(names)}, False, f"the values found in {source.where}")
 
 
-# ---------------------------------------------------------------- raw -> checked frames
+# ---------------------------------------------------------------- raw -> checked, cleaned frames
 
 def _ids(raw: pd.DataFrame, role: str, prefix: bool, label_names: pd.Series | None) -> tuple[pd.Series, str]:
     """`<role>/<id>` from an `id` column when unique, else `<role>/<label>/<id>`, else the row index."""
@@ -140,8 +136,6 @@ def unlabeled_frame(raw: pd.DataFrame, where: str, dc: DataConfig) -> tuple[pd.D
     return pd.DataFrame({"id": ids.to_numpy(), "text": texts.to_numpy(), "label": -1, "order": np.arange(len(raw))}), scheme
 
 
-# ---------------------------------------------------------------- cleaning and de-duplication
-
 def clean(frame: pd.DataFrame, dc: DataConfig) -> tuple[pd.DataFrame, int]:
     """Cleaned copy; rows left empty by cleaning (a text that was only tags) are dropped and counted."""
     frame = frame.assign(text=clean_texts(frame["text"], dc.clean_html, dc.normalize_whitespace))
@@ -149,13 +143,59 @@ def clean(frame: pd.DataFrame, dc: DataConfig) -> tuple[pd.DataFrame, int]:
     return frame[~empty], int(empty.sum())
 
 
-# ---------------------------------------------------------------- sampling
+def class_counts(frame: pd.DataFrame, names: list[str]) -> dict[str, int]:
+    counts = np.bincount(frame["label"].to_numpy(), minlength=len(names))
+    return {name: int(c) for name, c in zip(names, counts, strict=True)}
 
-def hold_out_test(train: pd.DataFrame, dc: DataConfig, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+
+# ---------------------------------------------------------------- the hooks
+
+def read_test(dc: DataConfig, src: RawSource, want: list[str]) -> tuple[str, pd.DataFrame, dict] | None:
+    """(where, raw rows, provenance) of data.test_source or the source's test split; None: neither."""
+    if dc.test_source:
+        tsrc = open_source(dc.test_source, dc.format, dc.dataset_config, want)
+        where, raw = tsrc.split(dc.test_split or "test", "test")
+        return where, raw, tsrc.provenance
+    if "" not in src.splits and dc.test_split in src.splits:
+        where, raw = src.split(dc.test_split, "test")
+        return where, raw, {**src.provenance, "split": dc.test_split}
+    return None
+
+
+def read(dc: DataConfig) -> Inputs:
+    """The labeled, test and unlabeled frames, cleaned; rows left empty by cleaning are counted."""
+    want = [dc.text_column, dc.label_column, "id"]
+    src = open_source(dc.source, dc.format, dc.dataset_config, want)
+    train_where, raw_train = src.split(dc.train_split, "train")
+    prefix = src.kind != "demo"  # demo ids are already bbc-news/<class>/<file>
+    if dc.label_column not in raw_train.columns:
+        raise DataError(f"{train_where}: column '{dc.label_column}' missing (set data.label_column; columns: {list(map(str, raw_train.columns))})")
+    labels = label_space(dc, src, raw_train[dc.label_column])
+    ids: dict[str, str] = {}
+    frames: dict[str, pd.DataFrame] = {}
+    frames["train"], ids["train"] = labeled_frame(raw_train, train_where, "train", prefix, dc, labels)
+    sources = {"train": {**src.provenance, "split": dc.train_split if "" not in src.splits else None}}
+    test = read_test(dc, src, want)
+    if test is not None:
+        test_where, raw_test, sources["test"] = test
+        frames["test"], ids["test"] = labeled_frame(raw_test, test_where, "test", prefix, dc, labels)
+    if dc.unlabeled_source:
+        usrc = open_source(dc.unlabeled_source, dc.format, dc.dataset_config, [dc.unlabeled_text_column, "id"])
+        u_where, raw_u = usrc.split(unlabeled_split(usrc), "unlabeled")
+        frames["unlabeled"], ids["unlabeled"] = unlabeled_frame(raw_u, u_where, dc)
+        sources["unlabeled"] = usrc.provenance
+    emptied: dict[str, int] = {}
+    for role in frames:
+        frames[role], emptied[role] = clean(frames[role], dc)
+    return Inputs(frames["train"], frames.get("test"), frames.get("unlabeled"), labels.names, labels.origin,
+                  train_where, sources, {"emptied_by_cleaning": emptied}, {"ids": ids})
+
+
+def hold_out_test(train: pd.DataFrame, dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A stratified, seeded test share of train (for sources without a test split)."""
     gen = rng(dc.seed, HOLDOUT)
     test_rows = []
-    for k in range(len(names)):
+    for k in range(len(got.names)):
         idx = np.flatnonzero(train["label"].to_numpy() == k)
         test_rows.append(gen.permutation(idx)[: int(round(dc.test_fraction * len(idx)))])
     is_test = np.zeros(len(train), dtype=bool)
@@ -163,19 +203,19 @@ def hold_out_test(train: pd.DataFrame, dc: DataConfig, names: list[str]) -> tupl
     return train[~is_test], train[is_test]
 
 
-def low_resource_split(train: pd.DataFrame, dc: DataConfig, names: list[str], where: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split(train: pd.DataFrame, dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per class: dev first, then N train, the rest to transfer. Dev stays fixed and train sets
     are nested as N grows (same seed), which keeps a sweep over N comparable."""
     gen = rng(dc.seed, SAMPLE)
     n, d = dc.labels_per_class, dc.dev_budget
     labels = train["label"].to_numpy()
     parts: dict[str, list[np.ndarray]] = {"train": [], "dev": [], "rest": []}
-    for k, name in enumerate(names):
+    for k, name in enumerate(got.names):
         idx = np.flatnonzero(labels == k)
         need = d + (n if n is not None else 1)
         if len(idx) < need:
             raise DataError(
-                f"{where}: class '{name}' has {len(idx)} examples after cleaning and de-duplication, "
+                f"{got.where}: class '{name}' has {len(idx)} examples after cleaning and de-duplication, "
                 f"fewer than data.labels_per_class + dev per class (data.dev_per_class) = {need}")
         perm = gen.permutation(idx)
         stop = len(perm) if n is None else d + n
@@ -186,124 +226,40 @@ def low_resource_split(train: pd.DataFrame, dc: DataConfig, names: list[str], wh
     return take["train"], take["dev"], take["rest"]
 
 
-def class_counts(frame: pd.DataFrame, names: list[str]) -> dict[str, int]:
-    counts = np.bincount(frame["label"].to_numpy(), minlength=len(names))
-    return {name: int(c) for name, c in zip(names, counts, strict=True)}
-
-
-# ---------------------------------------------------------------- the step
-
-def build(dc: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
-    """Read, check, clean, dedupe and split. Returns the four frames, label names, data-card facts."""
-    want = [dc.text_column, dc.label_column, "id"]
-    src = open_source(dc.source, dc.format, dc.dataset_config, want)
-    train_where, raw_train = src.split(dc.train_split, "train")
-    prefix = src.kind != "demo"  # demo ids are already bbc-news/<class>/<file>
-    if dc.label_column not in raw_train.columns:
-        raise DataError(f"{train_where}: column '{dc.label_column}' missing (set data.label_column; columns: {list(map(str, raw_train.columns))})")
-    labels = label_space(dc, src, raw_train[dc.label_column])
-    id_schemes: dict[str, str] = {}
-    train, id_schemes["train"] = labeled_frame(raw_train, train_where, "train", prefix, dc, labels)
-    sources = {"train": {**src.provenance, "split": dc.train_split if "" not in src.splits else None}}
-
-    test = None
-    if dc.test_source:
-        tsrc = open_source(dc.test_source, dc.format, dc.dataset_config, want)
-        test_where, raw_test = tsrc.split(dc.test_split or "test", "test")
-        sources["test"] = tsrc.provenance
-    elif "" not in src.splits and dc.test_split in src.splits:
-        test_where, raw_test = src.split(dc.test_split, "test")
-        sources["test"] = {**src.provenance, "split": dc.test_split}
-    if "test" in sources:
-        test, id_schemes["test"] = labeled_frame(raw_test, test_where, "test", prefix, dc, labels)
-
-    unlabeled = None
-    if dc.unlabeled_source:
-        usrc = open_source(dc.unlabeled_source, dc.format, dc.dataset_config, [dc.unlabeled_text_column, "id"])
-        u_where, raw_u = usrc.split(unlabeled_split(usrc), "unlabeled")
-        unlabeled, id_schemes["unlabeled"] = unlabeled_frame(raw_u, u_where, dc)
-        sources["unlabeled"] = usrc.provenance
-
-    removed: dict[str, dict[str, int]] = {"emptied_by_cleaning": {}, "duplicates": {}, "overlap_with_test": {}}
-    conflicts = {}
-    train, removed["emptied_by_cleaning"]["train"] = clean(train, dc)
-    train, removed["duplicates"]["train"], conflicts["train"] = dedupe(train, "text", "label")
-    if test is None:
-        train, test = hold_out_test(train, dc, labels.names)
-        sources["test"] = {"held_out_from": "train", "fraction": dc.test_fraction, "seed": dc.seed}
-    else:
-        test, removed["emptied_by_cleaning"]["test"] = clean(test, dc)
-        test, removed["duplicates"]["test"], conflicts["test"] = dedupe(test, "text", "label")
-        train, removed["overlap_with_test"]["train"] = drop_overlap(train, test, "text", "train", "texts", dc)
-    if unlabeled is not None:
-        unlabeled, removed["emptied_by_cleaning"]["unlabeled"] = clean(unlabeled, dc)
-        unlabeled, removed["duplicates"]["unlabeled"], _ = dedupe(unlabeled, "text", None)
-        unlabeled, removed["overlap_with_test"]["unlabeled"] = drop_overlap(unlabeled, test, "text", "unlabeled", "texts", dc)
-        in_train = unlabeled["text"].isin(train["text"])  # would repeat a train/dev text in transfer
-        unlabeled, removed["duplicates"]["unlabeled_in_train"] = unlabeled[~in_train], int(in_train.sum())
-
-    labeled, dev, rest = low_resource_split(train, dc, labels.names, train_where)
+def transfer(rest: pd.DataFrame, unlabeled: pd.DataFrame | None, dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame, int]:
+    """The rest of train and the unlabeled rows, shuffled, then cut to data.max_transfer_rows."""
     pool = pd.concat([rest, unlabeled] if unlabeled is not None else [rest], ignore_index=True)
-    transfer = pool.iloc[rng(dc.seed, SHUFFLE).permutation(len(pool))]
+    rows = pool.iloc[rng(dc.seed, SHUFFLE).permutation(len(pool))]
     capped = 0
-    if dc.max_transfer_rows is not None and len(transfer) > dc.max_transfer_rows:
-        capped = len(transfer) - dc.max_transfer_rows
-        transfer = transfer.iloc[: dc.max_transfer_rows]
-    if not len(transfer):
+    if dc.max_transfer_rows is not None and len(rows) > dc.max_transfer_rows:
+        capped = len(rows) - dc.max_transfer_rows
+        rows = rows.iloc[: dc.max_transfer_rows]
+    if not len(rows):
         raise DataError(f"{dc.source}: the transfer set is empty (lower data.labels_per_class or set data.unlabeled_source)")
-    frames = {"train": labeled, "dev": dev, "test": test.sort_values("order", kind="stable"), "transfer": transfer}
-    checks = verify(frames, "text")
-    card = {
-        "label_names": labels.names,
-        "label_origin": labels.origin,
-        "rows": {k: len(v) for k, v in frames.items()},
-        "class_counts": {k: class_counts(frames[k], labels.names) for k in ("train", "dev", "test")},
-        "transfer": {"from_train": int((transfer["label"] >= 0).sum()), "from_unlabeled": int((transfer["label"] < 0).sum()),
-                     "capped": capped},
-        "sources": sources,
-        "ids": id_schemes,
-        "removed": removed,
-        "duplicate_texts_with_conflicting_labels": conflicts,
-        "checks": checks,
-        "seed": dc.seed,
+    return rows, capped
+
+
+def card_facts(frames: dict[str, pd.DataFrame], names: list[str], dc: DataConfig) -> dict:
+    return {
+        "class_counts": {k: class_counts(frames[k], names) for k in ("train", "dev", "test")},
         "budgets": label_budgets(dc.labels_per_class, dc.dev_budget, dc.dev_per_class is not None,
                                  ("train_per_class", "dev_per_class"), ("labels_per_class", "dev_per_class")),
-        "config": dc.model_dump(mode="json"),
     }
-    return frames, labels.names, card
 
 
-def write(out: Path, frames: dict[str, pd.DataFrame], names: list[str], card: dict, dc: DataConfig) -> None:
-    """All four tables and the card into `out` (the caller's temp dir)."""
-    for split in ("train", "dev", "test"):
-        f = frames[split]
+def write_tables(out: Path, frames: dict[str, pd.DataFrame], names: list[str], dc: DataConfig) -> None:
+    for part in ("train", "dev", "test"):
+        f = frames[part]
         table = data.labeled_table(f["id"].tolist(), f["text"].tolist(), f["label"].tolist(), names)
-        data.write_table(table, out / f"{split}.parquet", dc.row_group_rows)
+        data.write_table(table, out / f"{part}.parquet", dc.row_group_rows)
     t = frames["transfer"]
     meta = {"source": dc.source, "unlabeled_source": dc.unlabeled_source, "seed": dc.seed}
     data.write_table(data.transfer_table(t["id"].tolist(), t["text"].tolist(), meta), out / "transfer.parquet", dc.row_group_rows)
-    card["files"] = {f"{s}.parquet": data.sha256_file(out / f"{s}.parquet") for s in SPLITS}
-    data.write_json(out / "data_card.json", card)
 
 
-def run(cfg: PipelineConfig) -> PrepareResult:
-    t0 = time.perf_counter()
-    dc = cfg.data
-    with tracking.step_run(cfg, "prepare-data") as tr:
-        tr.log_params({"data": dc.model_dump(mode="json")})
-        frames, names, card = build(dc)
-        with data.atomic_dir(cfg.data_dir) as tmp:
-            write(tmp, frames, names, card, dc)
-        seconds = time.perf_counter() - t0
-        rows = card["rows"]
-        dups = sum(card["removed"]["duplicates"].values())
-        overlap = sum(card["removed"]["overlap_with_test"].values())
-        tr.log_metrics({**{f"rows_{k}": v for k, v in rows.items()}, "duplicates_removed": dups,
-                        "overlap_removed": overlap, "seconds": seconds})
-        tr.log_artifact(cfg.data_dir / "data_card.json", "data")
-        total = sum(rows.values())
-        log.info("prepared %s: %s; %d duplicates and %d test overlaps removed; %.1fs (%.0f rows/s)",
-                 cfg.data_dir, rows, dups, overlap, seconds, total / max(seconds, 1e-9))
-        return PrepareResult(data_dir=str(cfg.data_dir), label_names=names, rows=rows, duplicates_removed=dups,
-                             overlap_removed=overlap, seconds=round(seconds, 3), run_id=tr.run_id)
+def summary(rows: dict[str, int], names: list[str]) -> str:
+    return str(rows)
 
+
+def extras(card: dict, names: list[str]) -> tuple[dict, dict]:
+    return {}, {}

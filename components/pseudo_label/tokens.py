@@ -1,12 +1,11 @@
-"""pseudo-label for token classification: per word the teacher saw (its first sub-piece; `tokens`
-is cut to the words inside max_length) the tag, logits (float32) and the chosen layer's hidden
-state (float16); the pseudo-tokens contract of lib/contracts/token_data.py. The metadata also counts
-words_total / words_covered (summed over chunks and shards).
+"""pseudo-label hooks for token classification: per word the teacher saw (its first sub-piece;
+`tokens` is cut to the words inside max_length) the tag, logits (float32) and the chosen layer's
+hidden state (float16); the pseudo-tokens contract of lib/contracts/token_data.py. The metadata
+also counts words_total / words_covered (summed over chunks and shards).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.lib.contracts import token_data
-from components.lib.contracts.shards import COUNT_KEYS, sum_counts
+from components.lib.contracts.shards import COUNT_KEYS
 from components.lib.core.errors import DataError, UserError
 from components.lib.core.task import Task
 from components.lib.models import teacher as T
 from components.lib.settings.config import PipelineConfig
 
 TABLE = "pseudo-tokens"
-
-
-def transfer_rows(path: Path) -> int:
-    return token_data.token_transfer_rows(path)
-
-
-def read_rows(path: Path, start: int, stop: int) -> Iterator[pa.Table]:
-    return token_data.iter_token_transfer(path, start, stop)
+COUNTS = COUNT_KEYS
+transfer_rows = token_data.token_transfer_rows
+read_rows = token_data.iter_token_transfer
 
 
 def load_teacher(src):
@@ -49,9 +43,9 @@ def schema(num_labels: int, hidden: int | None, transfer_path: Path) -> pa.Schem
 
 
 def score_chunk(model, tokenizer, table: pa.Table, cfg: PipelineConfig, layer: int | None,
-                       progress) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """sequence.score_chunk for transfer-tokens rows: per row (n_i, C) logits and (n_i, H) reprs (float32)
-    of the n_i leading words inside max_length."""
+                progress) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Per row (n_i, C) logits and (n_i, H) reprs (float32) of the n_i leading words inside
+    max_length, window by window as sequence.score_chunk."""
     tc = cfg.transfer
     sents = table.column("tokens").to_pylist()
     logits: list[np.ndarray] = []
@@ -64,9 +58,8 @@ def score_chunk(model, tokenizer, table: pa.Table, cfg: PipelineConfig, layer: i
     return logits, (reprs if layer is not None else None)
 
 
-
 def chunk_table(table: pa.Table, logits: list[np.ndarray], reprs: list[np.ndarray] | None, meta: dict,
-                 transfer_path: Path) -> pa.Table:
+                transfer_path: Path) -> pa.Table:
     """A pseudo-tokens chunk: each row cut to the words the teacher saw; this chunk's word counts
     go into its metadata (summed into the shard's)."""
     sents = table.column("tokens").to_pylist()
@@ -78,9 +71,5 @@ def chunk_table(table: pa.Table, logits: list[np.ndarray], reprs: list[np.ndarra
     counts = {"words_total": sum(len(s) for s in sents), "words_covered": sum(covered)}
     langs = table.column("lang").to_pylist() if "lang" in table.column_names else None
     return token_data.token_pseudo_table(ids, [s[:n] for s, n in zip(sents, covered, strict=True)], logits, reprs,
-                                   {**meta, **counts}, langs)
+                                         {**meta, **counts}, langs)
 
-
-def shard_counts(chunk_files: list[Path]) -> dict[str, int]:
-    """words_total / words_covered of the shard: the sum over its chunks."""
-    return {k: 0 for k in COUNT_KEYS} | sum_counts(chunk_files)

@@ -37,15 +37,15 @@ def _copy_dir(src: Path, dst: Path) -> None:
 
 
 def run_local(cfg: PipelineConfig, build_pipeline: Callable, runner: str = "subprocess", verbose: bool = True) -> dict:
-    """The whole DAG (`build_pipeline(cfg, local=True, cache_salts=...)`, pipeline.py's) under kfp.local;
-    returns what it wrote (also <work_dir>/last_run.json). verbose=False: one line per step on the terminal, kfp.local's full log in <work_dir>/kfp/<run_id>.log."""
+    """The whole DAG (`build_pipeline(cfg, local=True, cache_salts=...)`, pipeline.py's) under
+    kfp.local; returns what it wrote (also <work_dir>/last_run.json). verbose=False: one line per
+    step on the terminal, kfp.local's full log in <work_dir>/kfp/<run_id>.log."""
     work = Path(cfg.work_dir).resolve()
     cfg = cfg.with_overrides({"work_dir": str(work)})  # steps (and containers) see one absolute path
     run_id = f"local-{uuid.uuid4().hex[:12]}"
-    project = str(PROJECT_ROOT)
     published = work / "kfp" / f"outputs-{run_id}.json"
     with scoped_env(DISTILFLOW_KFP_RUN_ID=run_id, DISTILFLOW_PARENT_RUN_ID=None, DISTILFLOW_OUTPUTS_FILE=str(published),
-                     PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))):
+                     PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))):
         return _run_local(cfg, build_pipeline, runner, work, run_id, verbose)
 
 
@@ -61,35 +61,50 @@ def _run_local(cfg: PipelineConfig, build_pipeline: Callable, runner: str, work:
         parent = tracking.start_parent_run(cfg, run_name=f"{cfg.name} {run_id}", tags={
             "kfp.run_id": run_id, "distilflow.role": "parent", "distilflow.runner": runner})
         os.environ["DISTILFLOW_PARENT_RUN_ID"] = parent
-    if runner == "docker":
-        if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
-            raise UserError("--runner docker: no Docker engine (set DOCKER_HOST, e.g. unix:///tmp/podman.sock)")
-        import docker
-
-        # work_dir holds the sqlite MLflow store the steps log to; kfp mounts only pipeline_root itself.
-        # The image runs as UID 1000; run as the host user so the containers can write the
-        # bind-mounted work_dir (and its files stay the user's).
-        runner_obj = local.DockerRunner(
-            user=f"{os.getuid()}:{os.getgid()}",
-            mounts=[docker.types.Mount(target=str(work), source=str(work), type="bind")],
-            environment={k: os.environ[k] for k in ("DISTILFLOW_KFP_RUN_ID", "DISTILFLOW_PARENT_RUN_ID",
-                                                    "DISTILFLOW_OUTPUTS_FILE") if k in os.environ},
-        )
-    else:
-        runner_obj = local.SubprocessRunner(use_venv=False)
-    local.init(runner=runner_obj, pipeline_root=str(work / "kfp"), enable_caching=cfg.kubernetes.caching,
-               raise_on_error=True)
+    local.init(runner=_kfp_runner(runner, work), pipeline_root=str(work / "kfp"),
+               enable_caching=cfg.kubernetes.caching, raise_on_error=True)
     salts = cache_salts(cfg) if cfg.kubernetes.caching else None
     pipeline_fn = build_pipeline(cfg, local=True, cache_salts=salts)
     (work / "kfp").mkdir(parents=True, exist_ok=True)
     task_log = RunConsole(work / "kfp" / f"{run_id}.log", verbose, hidden=(FINALIZER, PUBLISH),
                           repeats={"pseudo-label-transfer-set": cfg.transfer.num_shards})
+    start = time.perf_counter()
+    ok = False
+    try:
+        outputs = _execute(cfg, pipeline_fn, task_log, run_id, verbose)
+        ok = True
+    finally:
+        if parent and not ok:
+            tracking.end_parent_run(cfg, parent, ok=False)
+    return _finish(cfg, work, run_id, runner, parent, outputs, task_log, time.perf_counter() - start)
+
+
+def _kfp_runner(runner: str, work: Path):
+    from kfp import local
+
+    if runner != "docker":
+        return local.SubprocessRunner(use_venv=False)
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        raise UserError("--runner docker: no Docker engine (set DOCKER_HOST, e.g. unix:///tmp/podman.sock)")
+    import docker
+
+    # work_dir holds the sqlite MLflow store the steps log to; kfp mounts only pipeline_root itself.
+    # The image runs as UID 1000; run as the host user so the containers can write the
+    # bind-mounted work_dir (and its files stay the user's).
+    return local.DockerRunner(
+        user=f"{os.getuid()}:{os.getgid()}",
+        mounts=[docker.types.Mount(target=str(work), source=str(work), type="bind")],
+        environment={k: os.environ[k] for k in ("DISTILFLOW_KFP_RUN_ID", "DISTILFLOW_PARENT_RUN_ID",
+                                                "DISTILFLOW_OUTPUTS_FILE") if k in os.environ},
+    )
+
+
+def _execute(cfg: PipelineConfig, pipeline_fn, task_log: RunConsole, run_id: str, verbose: bool) -> dict:
+    """Run the pipeline with every task's output going through the console; -> the published outputs."""
     root = logging.getLogger()
     root.addFilter(task_log)
     level = root.level
     root.setLevel(logging.INFO)  # kfp.local logs its cache hits at INFO on the root logger
-    start = time.perf_counter()
-    ok = False
     # kfp.local indents print() by swapping builtins.print per task; tasks running in parallel
     # threads can restore each other's swap and leave it indented for the rest of the process.
     print_fn = builtins.print
@@ -103,7 +118,7 @@ def _run_local(cfg: PipelineConfig, build_pipeline: Callable, runner: str, work:
         published = Path(os.environ["DISTILFLOW_OUTPUTS_FILE"])
         outputs = json.loads(published.read_text())
         published.unlink()
-        ok = True
+        return outputs
     except RuntimeError as err:
         why = ANSI.sub("", str(err)).splitlines()[0]
         if not verbose:
@@ -116,9 +131,12 @@ def _run_local(cfg: PipelineConfig, build_pipeline: Callable, runner: str, work:
         task_log.close()
         root.removeFilter(task_log)
         root.setLevel(level)
-        if parent and not ok:
-            tracking.end_parent_run(cfg, parent, ok=False)
-    seconds = time.perf_counter() - start
+
+
+def _finish(cfg: PipelineConfig, work: Path, run_id: str, runner: str, parent: str | None, outputs: dict,
+            task_log: RunConsole, seconds: float) -> dict:
+    """Copy evaluate's and export's outputs to the config's dirs, write last_run.json, close the
+    parent run with the headline metrics, print the summary table."""
     _copy_dir(Path(outputs["evaluation"]), cfg.eval_dir)
     _copy_dir(Path(outputs["exported"]), cfg.export_dir)
     report_path = cfg.eval_dir / "report.json"

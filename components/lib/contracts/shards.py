@@ -177,14 +177,15 @@ def _is_token_table(schema: pa.Schema) -> bool:
 
 
 def merge(shard_files: list[Path], transfer_path: Path, out_path: Path, row_group_rows: int = 2048,
-          token: bool | None = None) -> MergeResult:
+          table: str | None = None) -> MergeResult:
     """Concatenate shards (ordered by their row range) into out_path, checking that every transfer
     id appears exactly once, in transfer order; a DataError names what is missing/duplicated.
     Either contract: pseudo (classification) or pseudo-tokens, told apart by the shards' columns
-    (`token` given: the shards must be of that contract)."""
+    (`table` given, the contract's table name: the shards must be of that contract)."""
     shard_files = [Path(f) for f in shard_files]
     if not shard_files:
         raise UserError("merge: no shard files given")
+    token = None if table is None else table == "pseudo-tokens"
     metas = []
     for f in shard_files:
         pf = data.open_parquet(f)

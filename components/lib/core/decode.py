@@ -3,7 +3,7 @@ student's dev scores, evaluate, export's ONNX check, the pyfunc and so serving a
 or constrained decoding is a change here and nowhere else.
 
 Today: the best tag of each covered word (argmax); words cut off by max_length (no logits) are the
-outside tag. Shipped inside the exported tagger (export/tokens.py TAGGER_MODULES): numpy only.
+outside tag. Shipped inside the exported tagger (export/tokens.py CODE_MODULES): numpy only.
 """
 
 from __future__ import annotations

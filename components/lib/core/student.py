@@ -1,5 +1,7 @@
-"""The BiLSTM student: a trimmed word-piece vocabulary, SVD-initialised embeddings, a BiLSTM,
-masked max-pooling, a dense layer in the teacher's representation width, and a classifier.
+"""The BiLSTM student: a trimmed word-piece vocabulary (VocabMap) and BiLSTMStudent, an encoder
+(BiLSTMEncoder: SVD-initialised embeddings + a BiLSTM, (B, T) ids -> (B, T, 2H) states) under a
+head (a dense layer in the teacher's representation width and a classifier): SequenceHead
+max-pools the states into one output per text, TokenHead keeps one output per piece.
 
 Pure math: no file I/O, no MLflow. Padding never changes the output and the graph exports to
 ONNX with dynamic batch and sequence axes: instead of pack_padded_sequence, the backward LSTM
@@ -138,7 +140,9 @@ def encoder_groups(layers: int) -> tuple[str, ...]:
     return ("encoder",) if layers == 1 else tuple(f"encoder.{i}" for i in range(layers, 0, -1))
 
 
-class BiLSTMStudent(nn.Module):
+class BiLSTMEncoder(nn.Module):
+    """Embeddings + the BiLSTM stack: (B, T) ids and mask -> (B, T, 2H) states."""
+
     def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
         super().__init__()
         self.arch = arch
@@ -153,22 +157,15 @@ class BiLSTMStudent(nn.Module):
         widths = [arch.embed_dim] + [2 * arch.hidden] * (arch.layers - 1)
         self.fwd = nn.ModuleList(nn.LSTM(w, arch.hidden, batch_first=True) for w in widths)
         self.bwd = nn.ModuleList(nn.LSTM(w, arch.hidden, batch_first=True) for w in widths)
-        self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
-        self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a
-        stacked encoder is one group per layer, top first (encoder_groups)."""
+        """The encoder's unfreezing groups, top first (encoder_groups), then "embeddings"."""
         if self.arch.layers == 1:
-            encoder = {"encoder": [*self.fwd.parameters(), *self.bwd.parameters()]}
+            layers = {"encoder": [*self.fwd.parameters(), *self.bwd.parameters()]}
         else:  # "encoder.<i>": both directions of layer i (1 = the bottom one, over the embeddings)
-            encoder = {name: [*self.fwd[i].parameters(), *self.bwd[i].parameters()]
-                       for name, i in zip(encoder_groups(self.arch.layers), reversed(range(self.arch.layers)), strict=True)}
-        return {
-            "classifier": [*self.dense.parameters(), *self.classifier.parameters()],
-            **encoder,
-            "embeddings": [*self.embeddings.parameters()],
-        }
+            layers = {name: [*self.fwd[i].parameters(), *self.bwd[i].parameters()]
+                      for name, i in zip(encoder_groups(self.arch.layers), reversed(range(self.arch.layers)), strict=True)}
+        return {**layers, "embeddings": [*self.embeddings.parameters()]}
 
     def _layers(self, input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
                 natural_last: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -187,17 +184,17 @@ class BiLSTMStudent(nn.Module):
             x = torch.cat([h_f, h_b], dim=-1) * mask.unsqueeze(-1).to(x.dtype)  # (B, T, 2H), pad states zeroed
         return x
 
-    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
         mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
         return self._layers(input_ids, mask, mask.long().sum(1), natural_last=True)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states.
+    def max_pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, 2H) masked max-pool of the states.
 
         Max-pooling does not care about order, and reverse_within_length leaves the pads in place,
         so the top layer's backward states are pooled as they come out (reversed): the same
-        numbers as pooling states(), without reordering and concatenating (B, T, 2H)."""
+        numbers as pooling forward(), without reordering and concatenating (B, T, 2H)."""
         mask = attention_mask.bool()
         lengths = mask.long().sum(1)  # (B,)
         h_f, h_b = self._layers(input_ids, mask, lengths, natural_last=False)
@@ -207,16 +204,91 @@ class BiLSTMStudent(nn.Module):
         # An all-pad row would pool to -inf; make it 0 instead of NaN downstream.
         return pooled.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> logits (B, C), projected representation (B, R) (regressed onto the teacher's in stage 1).
-        A token-classification student keeps every position: logits (B, T, C), projected (B, T, R)."""
-        if self.arch.per_token:
-            feats = self.dropout(self.states(input_ids, attention_mask))  # (B, T, 2H)
-        else:
-            feats = self.dropout(self.encode(input_ids, attention_mask))  # (B, 2H)
+
+class Head(nn.Module):
+    """dense (into the teacher's representation width) -> GELU -> classifier, over the features a
+    head takes from the encoder: logits (..., C) and the projected representation (..., R), which
+    stage 1 regresses onto the teacher's."""
+
+    def __init__(self, arch: StudentArch, dropout: nn.Dropout):
+        super().__init__()
+        self.dropout = dropout  # the encoder's own module: one place for train()/eval() to reach
+        self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
+        self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
+
+    def features(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.dropout(self.features(encoder, input_ids, attention_mask))  # (B, [T,] 2H)
         projected = self.dense(feats)  # (B, [T,] R)
         logits = self.classifier(self.dropout(torch.nn.functional.gelu(projected)))  # (B, [T,] C)
         return logits, projected
+
+
+class SequenceHead(Head):
+    """One output per text: the masked max-pool of the states -> (B, C) logits, (B, R) projected."""
+
+    def features(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return encoder.max_pool(input_ids, attention_mask)  # (B, 2H)
+
+
+class TokenHead(Head):
+    """One output per piece: every state -> (B, T, C) logits, (B, T, R) projected."""
+
+    def features(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return encoder(input_ids, attention_mask)  # (B, T, 2H)
+
+
+class BiLSTMStudent(nn.Module):
+    """The encoder and the head of arch.task (SequenceHead, or TokenHead for a tagger)."""
+
+    def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.arch = arch
+        encoder = BiLSTMEncoder(arch, embeddings)
+        head = (TokenHead if arch.per_token else SequenceHead)(arch, encoder.dropout)
+        # Saved students (state_dict keys) and exported graphs (ONNX names) know the layers by their
+        # names at the top: embeddings, dropout, fwd, bwd, dense, classifier, made in that order (the
+        # seed's draws). So the parts' layers are registered here under those names and the parts
+        # are kept out of the module tree, in a tuple.
+        for part in (encoder, head):
+            for name, module in part.named_children():
+                self.add_module(name, module)  # the shared dropout: the same module again
+        self.parts = (encoder, head)
+
+    @property
+    def encoder(self) -> BiLSTMEncoder:
+        return self.parts[0]
+
+    @property
+    def head(self) -> Head:
+        return self.parts[1]
+
+    def train(self, mode: bool = True) -> BiLSTMStudent:
+        super().train(mode)
+        for part in self.parts:  # their layers are ours (set above); this keeps their own flag in step
+            part.training = mode
+        return self
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a
+        stacked encoder is one group per layer, top first (encoder_groups)."""
+        return {"classifier": [*self.head.parameters()], **self.encoder.param_groups()}
+
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
+        return self.encoder(input_ids, attention_mask)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states."""
+        return self.encoder.max_pool(input_ids, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> logits (B, C), projected representation (B, R) (regressed onto the teacher's in stage 1).
+        A token-classification student keeps every position: logits (B, T, C), projected (B, T, R)."""
+        return self.head(self.encoder, input_ids, attention_mask)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T), (B, T) -> (B, C), or (B, T, C) per piece for a tagger: the inference graph (what ONNX exports)."""

@@ -216,6 +216,19 @@ def plot_accuracy_speed(points: Sequence[tuple[str, float, float]], title: str, 
     plt.close(fig)
 
 
+def _save_f1_bars(fig, ax, title: str, path: Path) -> None:
+    """The entity-F1 bar charts' common finish: y label, title, legend, grid; saved as PNG and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel("entity F1")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_per_type_f1(per_model: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> None:
     """Grouped bars: entity F1 per type (x) for each model (one colour each); per_model[name][type]["f1"]."""
     import matplotlib
@@ -232,13 +245,7 @@ def plot_per_type_f1(per_model: dict[str, dict[str, dict[str, Any]]], title: str
         ax.bar(x + (k - (n - 1) / 2) * width, [per_type.get(t, {}).get("f1", 0.0) for t in types], width, label=name)
     ax.set_xticks(x, labels=types, rotation=30 if len(types) > 6 else 0)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("entity F1")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_f1_bars(fig, ax, title, path)
 
 
 def plot_per_language_f1(per_model: dict[str, dict[str, float]], title: str, path: Path) -> None:
@@ -260,10 +267,4 @@ def plot_per_language_f1(per_model: dict[str, dict[str, float]], title: str, pat
     ax.set_xticks(x, labels=langs)
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("language")
-    ax.set_ylabel("entity F1")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_f1_bars(fig, ax, title, path)

@@ -1,6 +1,6 @@
 """report.md of the evaluate step: the classification and the token-classification reports.
 
-Pure formatting of the report.json body (lib/evaluation.build_report); no metrics computed here.
+Pure formatting of the report.json body (lib/evaluation/protocol.py build_report); no metrics computed here.
 """
 
 from __future__ import annotations
@@ -61,6 +61,23 @@ def _warning_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _headline_lines(report: dict[str, Any], metric: str, unit: str) -> list[str]:
+    """Retention, compression, speed-up and the labels-only baseline's gain, below the scores table."""
+    name = _metric_name(metric)
+    lines = [
+        "",
+        f"- **Retention** (student / teacher {name}): {_fmt(report['retention'])}",
+        f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
+        f"- **Speed-up** (student / teacher {unit}/s at batch {report['batch_size']}): torch "
+        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
+    ]
+    if "baseline" in report:
+        gain = report["student"][metric] - report["baseline"][metric]
+        lines.append(f"- Labels-only baseline (same student, no teacher): {name} {_fmt(report['baseline'][metric])}; "
+                     f"distillation gain {gain:+.3f}")
+    return lines
+
+
 def _decision_lines(report: dict[str, Any], unit: str) -> list[str]:
     """Which split each decision used."""
     dev = report.get("dev")
@@ -79,9 +96,19 @@ def _decision_lines(report: dict[str, Any], unit: str) -> list[str]:
     ]
 
 
+def _measured_lines(env: dict[str, Any]) -> list[str]:
+    """The heading and first line of "Where it was measured": the machine and library versions."""
+    return [
+        "",
+        "## Where it was measured",
+        "",
+        f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: what was distilled, how well, how small, how fast."""
-    env = report["environment"]
     teacher, student = report["teacher"], report["student"]
     lines = [
         "# Distillation report",
@@ -108,28 +135,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {_millions(m['params'])} | {_mb(m.get('size_bytes'))} | {_fmt(m['throughput'], 1)} "
             f"| {_fmt(m.get('throughput_onnx'), 1)} | {_latency(m.get('latency_ms'))} | {_latency(m.get('latency_ms_onnx'))} |"
         )
-    lines += [
-        "",
-        f"- **Retention** (student / teacher accuracy): {_fmt(report['retention'])}",
-        f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
-        f"- **Speed-up** (student / teacher examples/s at batch {report['batch_size']}): torch "
-        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
-    ]
-    if "baseline" in report:
-        gain = student["accuracy"] - report["baseline"]["accuracy"]
-        lines.append(f"- Labels-only baseline (same student, no teacher): accuracy {_fmt(report['baseline']['accuracy'])}; "
-                     f"distillation gain {gain:+.3f}")
+    lines += _headline_lines(report, "accuracy", "examples")
     lines += _decision_lines(report, "examples")
     lines += ["", f"## Per-class scores (student `{student['mode']}`)", "",
               "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
     for cls, m in student["per_class"].items():
         lines.append(f"| {cls} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
     lines += [
-        "",
-        "## Where it was measured",
-        "",
-        f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        *_measured_lines(report["environment"]),
         f"Throughput is raw text in, logits out (tokenisation included) over {report['throughput_rows']} test texts "
         f"at batch {report['batch_size']}; latency is {report['latency_runs']} single-text calls.",
         "",
@@ -203,7 +216,6 @@ def _language_lines(report: dict[str, Any]) -> list[str]:
 
 def render_ner_markdown(report: dict[str, Any]) -> str:
     """The token-classification report: entity F1 (overall, per type, per language), size, speed."""
-    env = report["environment"]
     teacher, student = report["teacher"], report["student"]
     models = [("teacher", teacher)] + [(f"student `{mode}`", m) for mode, m in report["students"].items()]
     lines = [
@@ -235,17 +247,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(m['throughput'], 1)} | {_fmt(m.get('throughput_onnx'), 1)} | {_latency(m.get('latency_ms'))} "
             f"| {_latency(m.get('latency_ms_onnx'))} |"
         )
-    lines += [
-        "",
-        f"- **Retention** (student / teacher entity F1): {_fmt(report['retention'])}",
-        f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
-        f"- **Speed-up** (student / teacher sentences/s at batch {report['batch_size']}): torch "
-        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
-    ]
-    if "baseline" in report:
-        gain = student["f1"] - report["baseline"]["f1"]
-        lines.append(f"- Labels-only baseline (same student, no teacher): entity F1 {_fmt(report['baseline']['f1'])}; "
-                     f"distillation gain {gain:+.3f}")
+    lines += _headline_lines(report, "f1", "sentences")
     lines += _decision_lines(report, "sentences")
     types = sorted({t for _, m in models for t in m["per_type"]})
     lines += ["", "## Entity F1 per type", "",
@@ -258,11 +260,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
     if "per_language" in teacher:
         lines += _language_lines(report)
     lines += [
-        "",
-        "## Where it was measured",
-        "",
-        f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        *_measured_lines(report["environment"]),
         f"Throughput is pre-split sentences in, per-word logits out (word-piece tokenisation and alignment included) "
         f"over {report['throughput_rows']} test sentences at batch {report['batch_size']}; latency is "
         f"{report['latency_runs']} single-sentence calls.",

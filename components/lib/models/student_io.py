@@ -2,7 +2,7 @@
 
 A student dir holds model.safetensors, config.json (architecture, label names, mode,
 max_length, teacher info), vocab.json (the VocabMap) and the teacher's tokenizer files. The
-evaluate and export steps use this module; training lives in components/distill_student.py.
+evaluate and export steps use this module; training lives in components/distill_student/.
 """
 
 from __future__ import annotations

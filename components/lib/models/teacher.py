@@ -1,6 +1,6 @@
 """Load and score a Hugging Face encoder classifier (the teacher). No MLflow, no kfp, no files
-written: fine-tuning lives in components/finetune_teacher.py, callers resolve model refs
-(`runs:/…`, `packaged:…`) with tracking.resolve_model_ref first.
+written: fine-tuning lives in components/finetune_teacher/, callers resolve model refs
+(`runs:/…`, `packaged:…`) with tracking/runs.py resolve_model_ref first.
 
 Scoring sorts texts by token length and batches neighbours, so a batch pads to its own longest
 text instead of max_length; on CPU that is most of the speed-up over a naive loop.
