@@ -243,13 +243,13 @@ def test_stacked_encoder_trains_the_top_layer_first(tmp_path):
     s = PipelineConfig().student.model_copy(update={"batch_size": 8, "lr": 0.05, "layers": 2})
     phases = training.plan(StudentMode.soft, s.model_copy(update={"soft_epochs": 1, "label_epochs": 0}))
     assert phases[1].groups == ("classifier", "encoder.2") and phases[2].groups == ("classifier", "encoder.2", "encoder.1")
-    top = ("fwd.1.", "bwd.1.")  # encoder.2 = layer index 1 of both directions
-    bottom = ("fwd.0.", "bwd.0.")
+    top = ("encoder.fwd.1.", "encoder.bwd.1.")  # encoder.2 = layer index 1 of both directions
+    bottom = ("encoder.fwd.0.", "encoder.bwd.0.")
     before, after = params_after_first_epoch(model, phases[1], rows, dev, s, tmp_path / "c2.pt")
     assert all(changed(before, after, p) for p in top)
-    assert not any(changed(before, after, p) for p in bottom) and not changed(before, after, "embeddings")
+    assert not any(changed(before, after, p) for p in bottom) and not changed(before, after, "encoder.embeddings")
     before, after = params_after_first_epoch(model, phases[2], rows, dev, s, tmp_path / "c3.pt")
-    assert all(changed(before, after, p) for p in bottom) and not changed(before, after, "embeddings")
+    assert all(changed(before, after, p) for p in bottom) and not changed(before, after, "encoder.embeddings")
 
 
 def test_gradual_repr_first_step_fits_the_projection_only(tmp_path):
@@ -263,11 +263,11 @@ def test_gradual_repr_first_step_fits_the_projection_only(tmp_path):
     phases = [p for p in training.plan(StudentMode.soft_repr, s) if p.target == "repr"]
     assert [p.name for p in phases] == ["repr.1", "repr.2", "repr.3"]
     before, after = params_after_first_epoch(model, phases[0], rows, dev, s, tmp_path / "r1.pt")
-    assert changed(before, after, "dense.")
-    assert not changed(before, after, "classifier.") and not changed(before, after, "fwd.") and not changed(before, after, "embeddings")
+    assert changed(before, after, "head.dense.")
+    assert not changed(before, after, "head.classifier.") and not changed(before, after, "encoder.fwd.") and not changed(before, after, "encoder.embeddings")
     before, after = params_after_first_epoch(model, phases[1], rows, dev, s, tmp_path / "r2.pt")
-    assert changed(before, after, "fwd.") and changed(before, after, "bwd.")
-    assert not changed(before, after, "classifier.") and not changed(before, after, "embeddings")
+    assert changed(before, after, "encoder.fwd.") and changed(before, after, "encoder.bwd.")
+    assert not changed(before, after, "head.classifier.") and not changed(before, after, "encoder.embeddings")
 
 
 class Interrupt(Exception):

@@ -74,9 +74,9 @@ def test_param_groups_hold_every_parameter_once(layers):
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
     assert sum(p.numel() for g in groups.values() for p in g) == count_parameters(model)
     if layers == 1:  # as before per-layer groups: the optimizer sees the same parameters in the same order
-        assert [id(p) for p in groups["encoder"]] == [id(p) for p in [*model.fwd.parameters(), *model.bwd.parameters()]]
+        assert [id(p) for p in groups["encoder"]] == [id(p) for p in [*model.encoder.fwd.parameters(), *model.encoder.bwd.parameters()]]
     for i in range(layers if layers > 1 else 0):  # encoder.<i + 1>: both directions of layer i, nothing else
-        assert [id(p) for p in groups[f"encoder.{i + 1}"]] == [id(p) for p in [*model.fwd[i].parameters(), *model.bwd[i].parameters()]]
+        assert [id(p) for p in groups[f"encoder.{i + 1}"]] == [id(p) for p in [*model.encoder.fwd[i].parameters(), *model.encoder.bwd[i].parameters()]]
 
 
 def test_reverse_within_length_keeps_pads_in_place():
@@ -111,8 +111,8 @@ def test_padding_does_not_change_the_output(layers):
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_pooled_encoding_equals_pooling_the_states(layers):
-    """encode() pools the top layer's backward states in reversed order: the same numbers as a
-    masked max-pool over states(), in eval and (same dropout draws) in training mode."""
+    """encoder.max_pool() pools the top layer's backward states in reversed order: the same numbers as
+    a masked max-pool over the encoder's states, in eval and (same dropout draws) in training mode."""
     torch.manual_seed(2)
     model = BiLSTMStudent(tiny_arch(layers))
     lengths = torch.tensor([7, 4, 1, 0, 6])
@@ -120,7 +120,7 @@ def test_pooled_encoding_equals_pooling_the_states(layers):
     ids = torch.randint(2, 50, (5, 7)) * mask
 
     def pooled_states() -> torch.Tensor:
-        x = model.states(ids, mask).masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).amax(dim=1)
+        x = model.encoder(ids, mask).masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).amax(dim=1)
         return x.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
 
     for train in (False, True):
@@ -128,7 +128,7 @@ def test_pooled_encoding_equals_pooling_the_states(layers):
         torch.manual_seed(3)
         want = pooled_states()
         torch.manual_seed(3)
-        got = model.encode(ids, mask)
+        got = model.encoder.max_pool(ids, mask)
         assert torch.equal(got, want) and torch.isfinite(got).all()
         assert torch.equal(got[3], torch.zeros(2 * model.arch.hidden))  # the all-pad row
 
@@ -161,8 +161,8 @@ def test_svd_init_spans_the_top_principal_directions():
 def test_model_uses_given_embeddings_and_zero_pad_row():
     emb = torch.randn(50, 12)
     model = BiLSTMStudent(tiny_arch(), emb)
-    assert torch.equal(model.embeddings.weight[1:], emb[1:])
-    assert model.embeddings.weight[PAD].abs().sum() == 0
+    assert torch.equal(model.encoder.embeddings.weight[1:], emb[1:])
+    assert model.encoder.embeddings.weight[PAD].abs().sum() == 0
 
 
 def test_save_load_round_trip_identical_logits(tmp_path, tiny_bert_dir):
@@ -227,9 +227,9 @@ def test_onnx_export_dynamic_axes_matches_torch(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["sequence-classification", "token-classification"])
-def test_the_student_is_an_encoder_under_a_head_with_the_saved_names(task):
+def test_the_student_is_an_encoder_under_a_head(task):
     """The encoder gives (B, T, 2H) states, the task's head turns them into the outputs; the layers
-    keep the names (and creation order) saved students and exported graphs were written with."""
+    are made in the order embeddings, LSTMs, dense, classifier (the seed's draws)."""
     from components.lib.core.student import BiLSTMEncoder, SequenceHead, TokenHead
 
     torch.manual_seed(0)
@@ -237,16 +237,17 @@ def test_the_student_is_an_encoder_under_a_head_with_the_saved_names(task):
     model = BiLSTMStudent(arch).eval()
     assert isinstance(model.encoder, BiLSTMEncoder)
     assert isinstance(model.head, TokenHead if task == "token-classification" else SequenceHead)
-    lstm = [f"{d}.{i}.{w}_l0" for d in ("fwd", "bwd") for i in (0, 1) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    assert list(model.state_dict()) == ["embeddings.weight", *lstm, "dense.weight", "dense.bias", "classifier.weight", "classifier.bias"]
-    assert [n for n, _ in model.named_children()] == ["embeddings", "dropout", "fwd", "bwd", "dense", "classifier"]
+    lstm = [f"encoder.{d}.{i}.{w}_l0" for d in ("fwd", "bwd") for i in (0, 1) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert list(model.state_dict()) == ["encoder.embeddings.weight", *lstm, "head.dense.weight", "head.dense.bias",
+                                        "head.classifier.weight", "head.classifier.bias"]
+    assert [n for n, _ in model.named_children()] == ["encoder", "head"]
     ids = torch.randint(2, 50, (3, 6))
     mask = (torch.arange(6)[None] < torch.tensor([6, 3, 1])[:, None]).long()
     with torch.no_grad():
         states = model.encoder(ids, mask)
-        assert states.shape == (3, 6, 2 * arch.hidden) and torch.equal(states, model.states(ids, mask))
+        assert states.shape == (3, 6, 2 * arch.hidden)
         logits, projected = model(ids, mask)
     assert logits.shape == ((3, 6, 3) if task == "token-classification" else (3, 3))
     assert projected.shape == logits.shape[:-1] + (8,)
     model.train()
-    assert model.training and model.encoder.training and model.head.training and model.dropout.training
+    assert model.training and model.encoder.training and model.head.training and model.head.dropout.training

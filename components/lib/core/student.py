@@ -205,85 +205,55 @@ class BiLSTMEncoder(nn.Module):
         return pooled.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
 
 
-class Head(nn.Module):
-    """dense (into the teacher's representation width) -> GELU -> classifier, over the features a
-    head takes from the encoder: logits (..., C) and the projected representation (..., R), which
-    stage 1 regresses onto the teacher's."""
+class SequenceHead(nn.Module):
+    """One output per text: the masked max-pool of the encoder's states -> dense (into the teacher's
+    representation width) -> GELU -> classifier: logits (B, C), projected representation (B, R)."""
 
-    def __init__(self, arch: StudentArch, dropout: nn.Dropout):
+    def __init__(self, arch: StudentArch):
         super().__init__()
-        self.dropout = dropout  # the encoder's own module: one place for train()/eval() to reach
+        self.dropout = nn.Dropout(arch.dropout)
         self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
         self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
 
-    def features(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def forward(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.dropout(encoder.max_pool(input_ids, attention_mask))  # (B, 2H)
+        projected = self.dense(feats)  # (B, R)
+        return self.classifier(self.dropout(torch.nn.functional.gelu(projected))), projected  # (B, C), (B, R)
+
+
+class TokenHead(nn.Module):
+    """One output per piece: every state of the encoder -> dense -> GELU -> classifier: logits
+    (B, T, C), projected representation (B, T, R)."""
+
+    def __init__(self, arch: StudentArch):
+        super().__init__()
+        self.dropout = nn.Dropout(arch.dropout)
+        self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
+        self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
 
     def forward(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.dropout(self.features(encoder, input_ids, attention_mask))  # (B, [T,] 2H)
-        projected = self.dense(feats)  # (B, [T,] R)
-        logits = self.classifier(self.dropout(torch.nn.functional.gelu(projected)))  # (B, [T,] C)
-        return logits, projected
-
-
-class SequenceHead(Head):
-    """One output per text: the masked max-pool of the states -> (B, C) logits, (B, R) projected."""
-
-    def features(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return encoder.max_pool(input_ids, attention_mask)  # (B, 2H)
-
-
-class TokenHead(Head):
-    """One output per piece: every state -> (B, T, C) logits, (B, T, R) projected."""
-
-    def features(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return encoder(input_ids, attention_mask)  # (B, T, 2H)
+        feats = self.dropout(encoder(input_ids, attention_mask))  # (B, T, 2H)
+        projected = self.dense(feats)  # (B, T, R)
+        return self.classifier(self.dropout(torch.nn.functional.gelu(projected))), projected  # (B, T, C), (B, T, R)
 
 
 class BiLSTMStudent(nn.Module):
-    """The encoder and the head of arch.task (SequenceHead, or TokenHead for a tagger)."""
+    """The encoder under the head of arch.task (SequenceHead, or TokenHead for a tagger). A new head
+    (a CRF's emissions, say) is one more class here and one decoder in decode.py."""
 
     def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
         super().__init__()
         self.arch = arch
-        encoder = BiLSTMEncoder(arch, embeddings)
-        head = (TokenHead if arch.per_token else SequenceHead)(arch, encoder.dropout)
-        # Saved students (state_dict keys) and exported graphs (ONNX names) know the layers by their
-        # names at the top: embeddings, dropout, fwd, bwd, dense, classifier, made in that order (the
-        # seed's draws). So the parts' layers are registered here under those names and the parts
-        # are kept out of the module tree, in a tuple.
-        for part in (encoder, head):
-            for name, module in part.named_children():
-                self.add_module(name, module)  # the shared dropout: the same module again
-        self.parts = (encoder, head)
-
-    @property
-    def encoder(self) -> BiLSTMEncoder:
-        return self.parts[0]
-
-    @property
-    def head(self) -> Head:
-        return self.parts[1]
-
-    def train(self, mode: bool = True) -> BiLSTMStudent:
-        super().train(mode)
-        for part in self.parts:  # their layers are ours (set above); this keeps their own flag in step
-            part.training = mode
-        return self
+        # Made in this order (embeddings, LSTMs, dense, classifier): the seed's draws fix every weight.
+        self.encoder = BiLSTMEncoder(arch, embeddings)
+        self.head = (TokenHead if arch.per_token else SequenceHead)(arch)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a
         stacked encoder is one group per layer, top first (encoder_groups)."""
         return {"classifier": [*self.head.parameters()], **self.encoder.param_groups()}
-
-    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, T, 2H) BiLSTM states, pad positions zeroed."""
-        return self.encoder(input_ids, attention_mask)
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, 2H) masked max-pool of the BiLSTM states."""
-        return self.encoder.max_pool(input_ids, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> logits (B, C), projected representation (B, R) (regressed onto the teacher's in stage 1).
