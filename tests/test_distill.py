@@ -263,11 +263,11 @@ def test_gradual_repr_first_step_fits_the_projection_only(tmp_path):
     phases = [p for p in training.plan(StudentMode.soft_repr, s) if p.target == "repr"]
     assert [p.name for p in phases] == ["repr.1", "repr.2", "repr.3"]
     before, after = params_after_first_epoch(model, phases[0], rows, dev, s, tmp_path / "r1.pt")
-    assert changed(before, after, "head.dense.")
-    assert not changed(before, after, "head.classifier.") and not changed(before, after, "encoder.fwd.") and not changed(before, after, "encoder.embeddings")
+    assert changed(before, after, "head.out.dense.")
+    assert not changed(before, after, "head.out.classifier.") and not changed(before, after, "encoder.fwd.") and not changed(before, after, "encoder.embeddings")
     before, after = params_after_first_epoch(model, phases[1], rows, dev, s, tmp_path / "r2.pt")
     assert changed(before, after, "encoder.fwd.") and changed(before, after, "encoder.bwd.")
-    assert not changed(before, after, "head.classifier.") and not changed(before, after, "encoder.embeddings")
+    assert not changed(before, after, "head.out.classifier.") and not changed(before, after, "encoder.embeddings")
 
 
 class Interrupt(Exception):

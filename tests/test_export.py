@@ -56,7 +56,7 @@ def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
     st = load_student(tiny_student_dir)
     sess = ort_session(export_onnx(st, tmp_path / "m.onnx", 17), 1)
     with torch.no_grad():  # the torch model drifts away from what was exported
-        st.model.head.classifier.bias.add_(torch.tensor([0.0, 0.0, 50.0]))
+        st.model.head.out.classifier.bias.add_(torch.tensor([0.0, 0.0, 50.0]))
     with pytest.raises(ParityError, match="max \\|Δlogit\\|"):
         check_parity(st, sess, make_topic_texts(5, seed=1)[0])
 

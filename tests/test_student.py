@@ -238,8 +238,8 @@ def test_the_student_is_an_encoder_under_a_head(task):
     assert isinstance(model.encoder, BiLSTMEncoder)
     assert isinstance(model.head, TokenHead if task == "token-classification" else SequenceHead)
     lstm = [f"encoder.{d}.{i}.{w}_l0" for d in ("fwd", "bwd") for i in (0, 1) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    assert list(model.state_dict()) == ["encoder.embeddings.weight", *lstm, "head.dense.weight", "head.dense.bias",
-                                        "head.classifier.weight", "head.classifier.bias"]
+    assert list(model.state_dict()) == ["encoder.embeddings.weight", *lstm, "head.out.dense.weight", "head.out.dense.bias",
+                                        "head.out.classifier.weight", "head.out.classifier.bias"]
     assert [n for n, _ in model.named_children()] == ["encoder", "head"]
     ids = torch.randint(2, 50, (3, 6))
     mask = (torch.arange(6)[None] < torch.tensor([6, 3, 1])[:, None]).long()
@@ -250,4 +250,4 @@ def test_the_student_is_an_encoder_under_a_head(task):
     assert logits.shape == ((3, 6, 3) if task == "token-classification" else (3, 3))
     assert projected.shape == logits.shape[:-1] + (8,)
     model.train()
-    assert model.training and model.encoder.training and model.head.training and model.head.dropout.training
+    assert model.training and model.encoder.training and model.head.training and model.head.out.dropout.training

@@ -113,7 +113,7 @@ def to_device_batch(rows: Rows, idx: np.ndarray, device: torch.device) -> tuple[
 
 
 def phase_loss(phase: Phase, model: BiLSTMStudent, rows: Rows, idx: np.ndarray, s) -> torch.Tensor:
-    device = model.head.classifier.weight.device
+    device = model.device
     logits, projected = model(*to_device_batch(rows, idx, device))  # (B, C), (B, R)
     if phase.target == "repr":
         return losses.repr_loss(s.repr_loss, projected, torch.from_numpy(rows.reprs[idx]).to(device))
@@ -130,7 +130,7 @@ def evaluate_phase(phase: Phase, model: BiLSTMStudent, dev: Rows, val: Rows | No
     pred = np.zeros(len(dev.seqs), dtype=np.int64)
     loss_sum = 0.0
     for idx in length_batches(np.array([len(x) for x in dev.seqs]), 256):
-        logits = model.logits(*to_device_batch(dev, idx, model.head.classifier.weight.device)).float().cpu()
+        logits = model.logits(*to_device_batch(dev, idx, model.device)).float().cpu()
         pred[idx] = logits.argmax(-1).numpy()
         loss_sum += float(losses.hard_ce(logits, torch.from_numpy(dev.labels[idx]))) * len(idx)
     out["dev_accuracy"] = float((pred == dev.labels).mean())

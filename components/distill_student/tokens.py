@@ -188,7 +188,7 @@ def scatter_words(values: np.ndarray, where: tuple, shape: tuple[int, int], devi
 
 
 def phase_loss(phase: Phase, model: BiLSTMStudent, rows: WordRows, idx: np.ndarray, s) -> torch.Tensor:
-    device = model.head.classifier.weight.device
+    device = model.device
     ids, mask, words, where = word_batch(rows, idx, device)
     logits, projected = model(ids, mask)  # (B, T, C), (B, T, R)
     shape = tuple(ids.shape)
@@ -204,7 +204,7 @@ def evaluate_phase(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: WordR
     """Dev entity F1 (+ precision, recall, word accuracy, gold-tag loss per word); for stage 1 the
     held-out transfer rows' per-word repr loss decides instead."""
     model.eval()
-    device = model.head.classifier.weight.device
+    device = model.device
     outside = outside_index(dev.names)
     pred: list[list[str]] = [[] for _ in dev.seqs]
     loss_sum, n_words = 0.0, 0

@@ -205,9 +205,10 @@ class BiLSTMEncoder(nn.Module):
         return pooled.masked_fill((lengths == 0).unsqueeze(-1), 0.0)
 
 
-class SequenceHead(nn.Module):
-    """One output per text: the masked max-pool of the encoder's states -> dense (into the teacher's
-    representation width) -> GELU -> classifier: logits (B, C), projected representation (B, R)."""
+class Output(nn.Module):
+    """What both heads end in: dense (into the teacher's representation width) -> GELU ->
+    classifier, over features (..., 2H) -> logits (..., C) and the projected representation
+    (..., R) that stage 1 regresses onto the teacher's."""
 
     def __init__(self, arch: StudentArch):
         super().__init__()
@@ -215,28 +216,33 @@ class SequenceHead(nn.Module):
         self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
         self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
 
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = self.dense(self.dropout(feats))  # (..., R)
+        return self.classifier(self.dropout(torch.nn.functional.gelu(projected))), projected  # (..., C), (..., R)
+
+
+class SequenceHead(nn.Module):
+    """One output per text: the masked max-pool of the encoder's states -> logits (B, C), projected (B, R)."""
+
+    def __init__(self, arch: StudentArch):
+        super().__init__()
+        self.out = Output(arch)
+
     def forward(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.dropout(encoder.max_pool(input_ids, attention_mask))  # (B, 2H)
-        projected = self.dense(feats)  # (B, R)
-        return self.classifier(self.dropout(torch.nn.functional.gelu(projected))), projected  # (B, C), (B, R)
+        return self.out(encoder.max_pool(input_ids, attention_mask))  # from (B, 2H)
 
 
 class TokenHead(nn.Module):
-    """One output per piece: every state of the encoder -> dense -> GELU -> classifier: logits
-    (B, T, C), projected representation (B, T, R)."""
+    """One output per piece: every state of the encoder -> logits (B, T, C), projected (B, T, R)."""
 
     def __init__(self, arch: StudentArch):
         super().__init__()
-        self.dropout = nn.Dropout(arch.dropout)
-        self.dense = nn.Linear(2 * arch.hidden, arch.repr_dim)
-        self.classifier = nn.Linear(arch.repr_dim, arch.num_labels)
+        self.out = Output(arch)
 
     def forward(self, encoder: BiLSTMEncoder, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.dropout(encoder(input_ids, attention_mask))  # (B, T, 2H)
-        projected = self.dense(feats)  # (B, T, R)
-        return self.classifier(self.dropout(torch.nn.functional.gelu(projected))), projected  # (B, T, C), (B, T, R)
+        return self.out(encoder(input_ids, attention_mask))  # from (B, T, 2H)
 
 
 class BiLSTMStudent(nn.Module):
@@ -249,6 +255,10 @@ class BiLSTMStudent(nn.Module):
         # Made in this order (embeddings, LSTMs, dense, classifier): the seed's draws fix every weight.
         self.encoder = BiLSTMEncoder(arch, embeddings)
         self.head = (TokenHead if arch.per_token else SequenceHead)(arch)
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.embeddings.weight.device
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a

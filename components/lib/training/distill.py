@@ -169,7 +169,7 @@ def train_phases(
     dev only need .seqs here."""
     state = {"phase": 0, "epoch": 0, "history": [], "best": None, "best_state": None, "bad": 0}
     if ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False, map_location=model.head.classifier.weight.device)
+        saved = torch.load(ckpt_path, weights_only=False, map_location=model.device)
         if saved.get("fingerprint") == fingerprint:
             model.load_state_dict(saved["model"])
             state = saved
