@@ -136,18 +136,22 @@ def prepare_data(config_json: str, code_version: str, data: Output[Dataset], met
     """Ingest, clean and split the source into train/dev/test/transfer Parquet."""
     from components import prepare_data as step
     from components.kfp_components import record, step_config
+    from components.lib.settings.cli import step_errors
 
-    cfg = step_config(config_json, {"data.output_dir": data.path})
-    record(metrics, step.run(cfg))
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        cfg = step_config(config_json, {"data.output_dir": data.path})
+        record(metrics, step.run(cfg))
 
 
 def finetune_teacher(config_json: str, code_version: str, data: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
     """Fine-tune the encoder on the labeled split; a Hugging Face model dir."""
     from components import finetune_teacher as step
     from components.kfp_components import record, step_config
+    from components.lib.settings.cli import step_errors
 
-    cfg = step_config(config_json, {"data.output_dir": data.path, "teacher.output_dir": teacher.path})
-    record(metrics, step.run(cfg))
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        cfg = step_config(config_json, {"data.output_dir": data.path, "teacher.output_dir": teacher.path})
+        record(metrics, step.run(cfg))
 
 
 def pseudo_label_transfer_set(config_json: str, code_version: str, shard_index: int, num_shards: int, data: Input[Dataset],
@@ -155,12 +159,14 @@ def pseudo_label_transfer_set(config_json: str, code_version: str, shard_index: 
     """Label one row-range shard of the transfer set with the teacher (hard labels, logits, repr)."""
     from components import pseudo_label as step
     from components.kfp_components import step_config
+    from components.lib.settings.cli import step_errors
 
-    cfg = step_config(config_json, {
-        "data.output_dir": data.path, "teacher.output_dir": teacher.path, "transfer.output_dir": shard.path,
-        "transfer.shard_index": shard_index, "transfer.num_shards": num_shards,
-    })
-    step.run(cfg)
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        cfg = step_config(config_json, {
+            "data.output_dir": data.path, "teacher.output_dir": teacher.path, "transfer.output_dir": shard.path,
+            "transfer.shard_index": shard_index, "transfer.num_shards": num_shards,
+        })
+        step.run(cfg)
 
 
 def merge_pseudo_labels(config_json: str, code_version: str, data: Input[Dataset], shards: Input[list[Dataset]],
@@ -170,9 +176,11 @@ def merge_pseudo_labels(config_json: str, code_version: str, data: Input[Dataset
 
     from components import pseudo_label as step
     from components.kfp_components import record, step_config
+    from components.lib.settings.cli import step_errors
 
-    cfg = step_config(config_json, {"data.output_dir": data.path, "transfer.output_dir": pseudo.path})
-    record(metrics, step.merge_run(cfg, [Path(s.path) for s in shards]))
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        cfg = step_config(config_json, {"data.output_dir": data.path, "transfer.output_dir": pseudo.path})
+        record(metrics, step.merge_run(cfg, [Path(s.path) for s in shards]))
 
 
 def distill_student(config_json: str, code_version: str, mode: str, data: Input[Dataset], teacher: Input[Model],
@@ -180,12 +188,14 @@ def distill_student(config_json: str, code_version: str, mode: str, data: Input[
     """Train one BiLSTM student (representation -> logits -> labels, gradual unfreezing)."""
     from components import distill_student as step
     from components.kfp_components import record, step_config
+    from components.lib.settings.cli import step_errors
 
-    cfg = step_config(config_json, {
-        "data.output_dir": data.path, "teacher.output_dir": teacher.path, "transfer.output_dir": pseudo.path,
-        "student.output_dir": student.path, "student.mode": mode,
-    })
-    record(metrics, step.run(cfg))
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        cfg = step_config(config_json, {
+            "data.output_dir": data.path, "teacher.output_dir": teacher.path, "transfer.output_dir": pseudo.path,
+            "student.output_dir": student.path, "student.mode": mode,
+        })
+        record(metrics, step.run(cfg))
 
 
 def evaluate(config_json: str, code_version: str, data: Input[Dataset], teacher: Input[Model], evaluation: Output[Artifact],
@@ -198,18 +208,20 @@ def evaluate(config_json: str, code_version: str, data: Input[Dataset], teacher:
 
     from components import evaluate as step
     from components.kfp_components import record, step_config, student_dir_in
+    from components.lib.settings.cli import step_errors
 
-    given = {"labels-only": student_labels_only, "hard": student_hard, "soft": student_soft,
-             "soft+repr": student_soft_repr}
-    student_dirs = {mode: student_dir_in(art.path, mode) for mode, art in given.items() if art is not None}
-    cfg = step_config(config_json, {
-        "data.output_dir": data.path, "teacher.output_dir": teacher.path, "evaluate.output_dir": evaluation.path,
-    })
-    result = step.run(cfg, student_dirs=student_dirs)
-    shutil.copyfile(cfg.eval_dir / "report.md", report.path)
-    report_json = json.loads((cfg.eval_dir / "report.json").read_text())
-    keys = ("teacher", "student", "baseline", "retention", "params", "compression", "throughput", "speedup")
-    record(metrics, {k: report_json[k] for k in keys if k in report_json} or result)
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        given = {"labels-only": student_labels_only, "hard": student_hard, "soft": student_soft,
+                 "soft+repr": student_soft_repr}
+        student_dirs = {mode: student_dir_in(art.path, mode) for mode, art in given.items() if art is not None}
+        cfg = step_config(config_json, {
+            "data.output_dir": data.path, "teacher.output_dir": teacher.path, "evaluate.output_dir": evaluation.path,
+        })
+        result = step.run(cfg, student_dirs=student_dirs)
+        shutil.copyfile(cfg.eval_dir / "report.md", report.path)
+        report_json = json.loads((cfg.eval_dir / "report.json").read_text())
+        keys = ("teacher", "student", "baseline", "retention", "params", "compression", "throughput", "speedup")
+        record(metrics, {k: report_json[k] for k in keys if k in report_json} or result)
 
 
 def export(config_json: str, code_version: str, data: Input[Dataset], teacher: Input[Model], student: Input[Model],
@@ -217,12 +229,14 @@ def export(config_json: str, code_version: str, data: Input[Dataset], teacher: I
     """ONNX (+ int8) with a parity check, the MLflow pyfunc, registration and the champion gate."""
     from components import export as step
     from components.kfp_components import record, step_config
+    from components.lib.settings.cli import step_errors
 
-    cfg = step_config(config_json, {
-        "data.output_dir": data.path, "teacher.output_dir": teacher.path, "student.output_dir": student.path,
-        "evaluate.output_dir": evaluation.path, "export.output_dir": exported.path,
-    })
-    record(metrics, step.run(cfg))
+    with step_errors():  # a user's fault: one `error:` line and exit 2, not a traceback
+        cfg = step_config(config_json, {
+            "data.output_dir": data.path, "teacher.output_dir": teacher.path, "student.output_dir": student.path,
+            "evaluate.output_dir": evaluation.path, "export.output_dir": exported.path,
+        })
+        record(metrics, step.run(cfg))
 
 
 def publish_outputs(evaluation: Input[Artifact], exported: Input[Model]):

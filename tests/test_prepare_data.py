@@ -249,7 +249,7 @@ def test_file_format_errors(tmp_path):
     cases = [
         ({"source": str(tmp_path / "d.csv")}, "d.csv: not a readable CSV file"),
         ({"source": str(tmp_path / "d.txt")}, r"d.txt: cannot tell the file format from suffix '.txt' \(set data.format"),
-        ({"source": str(tmp_path / "d.jsonl")}, "d.jsonl: not readable as JSON lines"),
+        ({"source": str(tmp_path / "d.jsonl")}, r"d.jsonl:2: not valid JSON \(Expecting property name"),
         ({"source": str(tmp_path)}, "cannot load as a Hugging Face dataset"),
         ({"source": "someone/no-such-dataset"}, "someone/no-such-dataset: cannot load as a Hugging Face dataset"),
     ]

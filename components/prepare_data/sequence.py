@@ -15,6 +15,7 @@ across splits and drops train, dev and transfer texts that are also in test.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,23 +89,66 @@ class LabelSpace:
         return mapped.to_numpy(np.int64)
 
 
-def label_space(dc: DataConfig, source: RawSource, raw_train: pd.Series) -> LabelSpace:
-    """Names from data.label_map / data.label_names, a ClassLabel feature, or the sorted raw values."""
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")  # how a label index reads in a CSV (all strings) or JSON
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return False
+    return isinstance(value, int | float | np.number) or (isinstance(value, str) and bool(NUMBER.fullmatch(value.strip())))
+
+
+def _shown(values: list, quote: bool) -> str:
+    head = [repr(v) if quote else str(v) for v in values[:3]]
+    return ", ".join(head + (["..."] if len(values) > 3 else []))
+
+
+def check_label_kinds(raw: pd.Series, where: str, column: str) -> None:
+    """Refuse a label column mixing indices and names (0, 1 and 'money'): sorting them fails in
+    JSON, and a CSV (all strings) would silently make '0' and 'money' two different classes."""
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return
+    values = raw.dropna().unique().tolist()
+    numbers = sorted((v for v in values if _is_number(v)), key=float)
+    names = sorted(str(v) for v in values if not _is_number(v))
+    if numbers and names:
+        raise DataError(f"{where}: column '{column}' mixes numbers ({_shown(numbers, False)}) and names "
+                        f"({_shown(names, True)}); use one kind, or map every value with data.label_map")
+
+
+def _at_least_two(labels: LabelSpace, where: str, column: str) -> LabelSpace:
+    # One class trains a teacher that is always right (dev accuracy 1.0) and distils nothing.
+    if len(labels.names) >= 2:
+        return labels
+    found = f"one class ({labels.names[0]!r})" if labels.names else "no classes"
+    if labels.origin.startswith("data."):
+        raise UserError(f"config key '{labels.origin}': {found}; a classifier needs at least two")
+    raise DataError(f"{where}: column '{column}' holds {found}; a classifier needs at least two "
+                    "(check data.label_column and data.source)")
+
+
+def label_space(dc: DataConfig, source: RawSource, raw_train: pd.Series, where: str | None = None) -> LabelSpace:
+    """Names from data.label_map / data.label_names, a ClassLabel feature, or the sorted raw values;
+    at least two, and never a mix of indices and names unless data.label_map maps them."""
+    where = where or source.where
     if dc.label_map:
         names = list(dc.label_names or dict.fromkeys(dc.label_map.values()))
         for raw_value, name in dc.label_map.items():
             if name not in names:
                 raise UserError(f"config key 'data.label_map': '{raw_value}' maps to '{name}', not in data.label_names {names}")
-        return LabelSpace(names, {k: names.index(v) for k, v in dc.label_map.items()}, False, "data.label_map")
+        labels = LabelSpace(names, {k: names.index(v) for k, v in dc.label_map.items()}, False, "data.label_map")
+        return _at_least_two(labels, where, dc.label_column)
+    check_label_kinds(raw_train, where, dc.label_column)
     given = dc.label_names or source.class_names.get(dc.label_column)
     if given:
         if len(set(given)) != len(given):
             raise UserError(f"config key 'data.label_names': duplicate names in {given}")
         origin = "data.label_names" if dc.label_names else f"{source.where} class names"
-        return LabelSpace(list(given), {n: i for i, n in enumerate(given)}, True, origin)
+        return _at_least_two(LabelSpace(list(given), {n: i for i, n in enumerate(given)}, True, origin), where, dc.label_column)
     values = sorted(raw_train.dropna().unique().tolist())
     names = [str(v) for v in values]
-    return LabelSpace(names, {n: i for i, n in enumerate(names)}, False, f"the values found in {source.where}")
+    labels = LabelSpace(names, {n: i for i, n in enumerate(names)}, False, f"the values found in {source.where}")
+    return _at_least_two(labels, where, dc.label_column)
 
 
 # ---------------------------------------------------------------- raw -> checked, cleaned frames
@@ -125,6 +169,8 @@ def labeled_frame(raw: pd.DataFrame, where: str, role: str, prefix: bool, dc: Da
     texts = check_texts(raw, where, dc.text_column, "data.text_column")
     if dc.label_column not in raw.columns:
         raise DataError(f"{where}: column '{dc.label_column}' missing (set data.label_column; columns: {list(map(str, raw.columns))})")
+    if not dc.label_map:  # the test source too: a mix there is the same mistake as in train
+        check_label_kinds(raw[dc.label_column], where, dc.label_column)
     y = labels.encode(raw[dc.label_column], where, dc.label_column)
     ids, scheme = _ids(raw, role, prefix, pd.Series(np.asarray(labels.names, dtype=object)[y], index=raw.index))
     return pd.DataFrame({"id": ids.to_numpy(), "text": texts.to_numpy(), "label": y, "order": np.arange(len(raw))}), scheme
@@ -168,9 +214,10 @@ def read(dc: DataConfig) -> Inputs:
     src = open_source(dc.source, dc.format, dc.dataset_config, want)
     train_where, raw_train = src.split(dc.train_split, "train")
     prefix = src.kind != "demo"  # demo ids are already bbc-news/<class>/<file>
+    check_texts(raw_train, train_where, dc.text_column, "data.text_column")  # a missing column before its labels
     if dc.label_column not in raw_train.columns:
         raise DataError(f"{train_where}: column '{dc.label_column}' missing (set data.label_column; columns: {list(map(str, raw_train.columns))})")
-    labels = label_space(dc, src, raw_train[dc.label_column])
+    labels = label_space(dc, src, raw_train[dc.label_column], train_where)
     ids: dict[str, str] = {}
     frames: dict[str, pd.DataFrame] = {}
     frames["train"], ids["train"] = labeled_frame(raw_train, train_where, "train", prefix, dc, labels)

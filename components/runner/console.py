@@ -27,6 +27,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
 _CACHED = re.compile(r"Task (\S+) cache hit")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_RAISED = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit): \S")  # a traceback's end
+_INPUT_FOLLOWS = "Got executor_input:"  # kfp's executor, before the JSON of the task's whole input
+_AWAIT_JSON = "{"
 TAIL_LINES = 30  # of a failed step's own output, shown by a quiet run
 
 
@@ -55,6 +58,7 @@ class RunConsole(logging.Filter):
         self._runs: list[tuple[str, str]] = []  # (task name, label) of each execution, in start order
         self._lines: dict[str, deque[str]] = {}  # each execution's last TAIL_LINES printed lines
         self._finished: set[str] = set()
+        self._in_input: dict[str, str] = {}  # task -> where it is in kfp's executor input JSON (_keep)
 
     # ---------------------------------------------------------------- the two inputs
 
@@ -98,10 +102,30 @@ class RunConsole(logging.Filter):
         text = ANSI.sub("", (sep if sep is not None else " ").join(map(str, args)) + (end if end is not None else "\n"))
         self._to_log(text)
         if (task := getattr(self._task, "label", None)) is not None:
-            with self._lock:
-                self._lines.setdefault(task, deque(maxlen=TAIL_LINES)).extend(text.splitlines())
+            self._keep(task, text.splitlines())
         if self.verbose:
             self._print(*args, sep=sep, end=end, flush=flush)
+
+    def _keep(self, task: str, lines: list[str]) -> None:
+        """Add a task's printed lines to its tail, less blank lines and the executor input JSON that
+        kfp prints first (the whole config, dozens of lines): the tail is for what the step said."""
+        with self._lock:
+            tail = self._lines.setdefault(task, deque(maxlen=TAIL_LINES))
+            for line in lines:
+                state = self._in_input.get(task)
+                if state is None:
+                    if line.rstrip().endswith(_INPUT_FOLLOWS):
+                        self._in_input[task] = _AWAIT_JSON
+                    elif line.strip():
+                        tail.append(line)
+                elif state == _AWAIT_JSON:  # the JSON's first line: `{`, its last the `}` under it
+                    if line.strip() == "{":
+                        self._in_input[task] = line[: len(line) - len(line.lstrip())] + "}"
+                    elif line.strip():  # no JSON after all
+                        del self._in_input[task]
+                        tail.append(line)
+                elif line.rstrip() == state:
+                    del self._in_input[task]
 
     # ---------------------------------------------------------------- output
 
@@ -126,6 +150,19 @@ class RunConsole(logging.Filter):
         """The last TAIL_LINES lines the execution `task` (a label) printed (what a quiet run shows when it fails)."""
         with self._lock:
             return "\n".join(self._lines.get(task, ()))
+
+    def error_line(self, task: str) -> str | None:
+        """The one-line error the execution `task` ended with: its CLI's `error: ...` line (cli.run_guarded,
+        cli.step_errors), or a traceback's last `SomeError: message` line; None if it printed neither."""
+        with self._lock:
+            lines = [line.strip() for line in self._lines.get(task, ())]
+        for line in reversed(lines):
+            if line.startswith("error: "):
+                return line[len("error: "):]
+            if _RAISED.match(line):  # the class without its module: `RuntimeError: ...`
+                kind, _, message = line.partition(": ")
+                return f"{kind.rsplit('.', 1)[-1]}: {message}"
+        return None
 
     def close(self) -> None:
         if self._log is not None:

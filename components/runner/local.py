@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from components.lib.contracts.data import atomic_dir
+from components.lib.contracts.files import atomic_dir
 from components.lib.core.env import scoped_env
 from components.lib.core.errors import UserError
 from components.lib.settings.config import PROJECT_ROOT, PipelineConfig, config_to_json
@@ -120,17 +120,26 @@ def _execute(cfg: PipelineConfig, pipeline_fn, task_log: RunConsole, run_id: str
         published.unlink()
         return outputs
     except RuntimeError as err:
-        why = ANSI.sub("", str(err)).splitlines()[0]
+        failed = task_log.unfinished()
         if not verbose:
-            for task in task_log.unfinished():
+            for task in failed:
                 print_fn(f"--- the end of {task}'s log ---\n{task_log.tail(task)}", file=sys.stderr)
         where = "above" if verbose else f"above, whole: {task_log.log_path}"
-        raise UserError(f"pipeline {cfg.name} failed: {why} (its log is {where})") from None
+        raise UserError(f"pipeline {cfg.name} failed {_why(err, failed, task_log)} (its log is {where})") from None
     finally:
         builtins.print = print_fn
         task_log.close()
         root.removeFilter(task_log)
         root.setLevel(level)
+
+
+def _why(err: RuntimeError, failed: list[str], task_log: RunConsole) -> str:
+    """`at <step>: <the step's own error line>`, the line a user acts on, last on the terminal;
+    kfp.local's own words (which task failed, inside which group) when no step printed one."""
+    for task in failed:
+        if (line := task_log.error_line(task)) is not None:
+            return f"at {task}: {line}"
+    return ": " + ANSI.sub("", str(err)).splitlines()[0]
 
 
 def _finish(cfg: PipelineConfig, work: Path, run_id: str, runner: str, parent: str | None, outputs: dict,

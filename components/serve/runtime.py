@@ -8,6 +8,13 @@ a 10,000-text batch and a 1 MB text are run, a numeric input or no input at all 
 model's own exception, wrapped by the worker pool). Empty bodies, non-JSON, wrong content types
 and non-UTF-8 bodies never get here: FastAPI answers them with a 422.
 
+A text that is empty, or only whitespace and invisible characters (zero-width spaces, a BOM,
+control characters: the tokenizer drops them all), is refused with a 400 naming its index
+("text 3 is empty or only whitespace; ..."), for a classifier and a tagger alike: the student
+would read nothing but [CLS] [SEP] and still answer with a confident label (a tagger, with an
+empty result that looks like "no entities"). The whole request is refused, as for every other
+check, so that no answer row stands for a text nobody sent.
+
 Self-contained on purpose (mlserver, mlserver_mlflow, mlflow only; no `components` import): the
 launcher copies this file into the MLServer model folder and the serving image puts it on
 PYTHONPATH, both as `distilflow_runtime.DistilflowRuntime`. The pyfunc ships its own `components`
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -38,6 +46,7 @@ INPUT = "text"
 MAX_TEXTS = 1024
 MAX_CHARS = 65536
 THREADS = 1
+INVISIBLE = ("Cc", "Cf")  # control and format characters (zero-width space, BOM): BERT's tokenizer drops them
 
 
 def _one_line(message: str, limit: int = 300) -> str:
@@ -54,6 +63,12 @@ def _flat(data) -> list:
     for v in values:
         out.extend(v if isinstance(v, list) else [v])
     return out
+
+
+def blank(text: str) -> bool:
+    """Empty, or only whitespace and invisible characters (the tokenizer would see no word)."""
+    # all() stops at the first visible character: the first one, for almost every text.
+    return all(ch.isspace() or unicodedata.category(ch) in INVISIBLE for ch in text)
 
 
 def check_texts(payload: InferenceRequest, max_texts: int, max_chars: int) -> list[str]:
@@ -88,6 +103,9 @@ def check_texts(payload: InferenceRequest, max_texts: int, max_chars: int) -> li
             raise InferenceError(f"text {i} is a {type(v).__name__}, not a string")
         if len(v) > max_chars:
             raise InferenceError(f"text {i} has {len(v)} characters; the limit is {max_chars}")
+        if blank(v):
+            raise InferenceError(f"text {i} is empty or only whitespace; send the text to classify or tag, "
+                                 "or leave it out of the batch")
         if not v.isascii():
             try:
                 v.encode("utf-8")

@@ -18,12 +18,7 @@ lib/contracts/token_data.py's, built on the file machinery here.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +29,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from components.lib.contracts.files import (  # noqa: F401  (data.atomic_dir & co: the steps' one import for their files)
+    STALE_AFTER_S,
+    atomic_dir,
+    atomic_path,
+    publish_mode,
+    sha256_dir,
+    sha256_file,
+    sweep_stale_temps,
+    write_json,
+)
 from components.lib.contracts.pseudo_values import check_pseudo_values, check_widths
 from components.lib.core.errors import DataError
 
@@ -82,87 +87,11 @@ def read_metadata(schema: pa.Schema) -> dict[str, object]:
 
 # ---------------------------------------------------------------- atomic output
 
-def _umask() -> int:
-    # /proc first: the os.umask(0) round trip briefly changes it for every thread.
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish_mode(path: Path, is_dir: bool) -> None:
-    """mkstemp/mkdtemp make 0600/0700 entries; give the published ones the usual umask mode so
-    other users of a shared volume (a KFP pod with another uid) can read them."""
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename onto it only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        publish_mode(tmp_path, is_dir=False)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp dir beside `path`; it replaces `path` (and anything there) only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        publish_mode(tmp, is_dir=True)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def write_table(table: pa.Table, path: str | Path, row_group_rows: int = 2048) -> None:
     """Write atomically; deterministic bytes for equal tables (no timestamps in Parquet)."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_rows, compression="zstd")
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_dir(root: str | Path, parts: tuple[str, ...] = (".",)) -> str:
-    """sha256 over (path relative to root, sha256) of every file under root/<part>, in path order."""
-    h = hashlib.sha256()
-    for part in parts:
-        for f in sorted(p for p in (Path(root) / part).rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(root)}\n{sha256_file(f)}\n".encode())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------- building tables
 
 def labeled_table(ids: list[str], texts: list[str], labels: list[int], label_names: list[str]) -> pa.Table:
     schema = with_metadata(LABELED_SCHEMA, "labeled", {"label_names": list(label_names)})

@@ -1,10 +1,11 @@
-"""Environment variables set for a block and put back after it."""
+"""The process environment: variables set for a block and put back after it, and pins of the
+installed packages a logged model needs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -24,3 +25,17 @@ def scoped_env(**values: str | None) -> Iterator[None]:
         yield
     finally:
         apply(saved)
+
+
+def pip_requirements(packages: Sequence[str]) -> list[str]:
+    """`pkg==version` pins of the installed packages a logged MLflow model needs (local version
+    tags such as +cpu dropped: indexes do not serve them); packages not installed are left out."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in packages:
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            pass
+    return reqs

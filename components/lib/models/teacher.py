@@ -73,7 +73,7 @@ def weights_digest(model_dir: str | Path, model: torch.nn.Module | None = None) 
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
-    from components.lib.contracts.data import sha256_file
+    from components.lib.contracts.files import sha256_file
 
     if len(files) == 1:
         return sha256_file(files[0])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from components.lib.contracts import data
+from components.lib.core.env import pip_requirements as installed_pins
 from components.lib.core.errors import UserError
 from components.lib.settings.config import PipelineConfig
 from components.lib.tracking import runs as tracking
@@ -67,7 +68,7 @@ def pyfunc_code_paths(out: Path, modules: tuple[str, ...] = CLASSIFIER_MODULES) 
 
 
 def pip_requirements() -> list[str]:
-    return tracking.pip_requirements(PYFUNC_PACKAGES)
+    return installed_pins(PYFUNC_PACKAGES)
 
 
 def read_report(cfg: PipelineConfig) -> dict:

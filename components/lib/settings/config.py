@@ -3,23 +3,23 @@
 One YAML file with a section per step; every model is frozen and rejects unknown keys, so a
 typo is an error naming the key instead of a silently ignored setting. ``--set a.b=value``
 overrides are applied to the raw mapping before validation. ``${VAR:-default}`` in string
-values expands from the environment.
+values expands from the environment (lib/settings/raw.py expand_env: ``${VAR}`` unset or empty
+is an error).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.lib.core.errors import UserError
 from components.lib.core.task import Task
+from components.lib.settings.raw import expand_env, parse_set, set_dotted, yaml_error
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]  # components/lib/settings/config.py
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -84,6 +84,23 @@ class DataConfig(Strict):
     seed: int = Field(13, ge=0, description="seed of the low-resource sampling")
     row_group_rows: int = Field(2048, ge=64, description="rows per Parquet row group in written tables")
     output_dir: str | None = Field(None, description="where the split tables go (default <work_dir>/data)")
+
+    @field_validator("languages")
+    @classmethod
+    def _distinct_languages(cls, langs: list[LanguageSource] | None) -> list[LanguageSource] | None:
+        # Codes are case-insensitive: 'en' and 'EN' are one language, which as two entries would be
+        # read, split and scored twice under two lang values; refused here, naming both entries.
+        if langs is None:
+            return langs
+        if not langs:
+            raise ValueError("expected distinct language codes, got none; list at least one language")
+        first: dict[str, int] = {}
+        for i, entry in enumerate(langs):
+            j = first.setdefault(entry.lang.casefold(), i)
+            if j != i:
+                raise ValueError(f"expected distinct language codes (case-insensitive): entry {j} ('{langs[j].lang}') "
+                                 f"and entry {i} ('{entry.lang}') are the same language; keep one")
+        return langs
 
     # Dev picks the best epoch of every phase and makes export's decisions: in the low-resource
     # protocol it must not quietly become a second, larger label budget.
@@ -242,13 +259,8 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _languages_need_tokens(self) -> PipelineConfig:
-        langs = self.data.languages
-        if langs is not None:
-            if self.task != Task.token_classification:
-                raise ValueError("data.languages needs task: token-classification")
-            codes = [ls.lang for ls in langs]
-            if not codes or len(set(codes)) != len(codes):
-                raise ValueError(f"data.languages: expected distinct language codes, got {codes}")
+        if self.data.languages is not None and self.task != Task.token_classification:
+            raise ValueError("data.languages needs task: token-classification")
         return self
 
     @property
@@ -298,48 +310,8 @@ class PipelineConfig(Strict):
         """A new config with dotted-key overrides applied (values already typed)."""
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
-            _set_dotted(raw, key, value)
+            set_dotted(raw, key, value)
         return validate_config(raw, origin="overrides")
-
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand_env(value: Any) -> Any:
-    if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v) for v in value]
-    return value
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise UserError(f"--set {key}: expected section.key=value")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UserError(f"--set {key}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """'student.hidden=128' -> ('student.hidden', 128); values are parsed as YAML scalars."""
-    if "=" not in item:
-        raise UserError(f"--set {item}: expected section.key=value")
-    key, text = item.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    return key.strip(), value
 
 
 def _format_error(err: ValidationError, origin: str) -> str:
@@ -348,6 +320,10 @@ def _format_error(err: ValidationError, origin: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown config key '{key}'"
     msg = first["msg"]
+    if first["type"] == "value_error":  # a validator's own message: drop pydantic's "Value error, "
+        msg = str(first.get("ctx", {}).get("error", msg))
+        if not first["loc"]:
+            return f"{origin}: {msg}"
     given = first.get("input")
     shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
@@ -368,14 +344,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text (UTF-8) file; point --config at the YAML config") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the config file ({err.strerror or type(err).__name__})") from None
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(yaml_error(path, err)) from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
-    raw = _expand_env(raw)
+    raw = expand_env(raw, "", str(path))
     for item in overrides or []:
         key, value = parse_set(item)
-        _set_dotted(raw, key, _expand_env(value))
+        set_dotted(raw, key, expand_env(value, key, "--set"))
     return validate_config(raw, origin=str(path))
 
 

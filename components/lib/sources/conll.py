@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from components.lib.contracts.data import atomic_path
+from components.lib.contracts.files import atomic_path
 from components.lib.core.errors import DataError, UserError
 from components.lib.sources import remote
 

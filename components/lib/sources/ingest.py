@@ -9,6 +9,7 @@ prepare_data checks, cleans, dedupes and splits it. Errors name the file and col
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.lib.contracts.data import sha256_dir, sha256_file
+from components.lib.contracts.files import sha256_dir, sha256_file
 from components.lib.core.errors import DataError, UserError
 from components.lib.sources import assets, remote
 
@@ -83,7 +84,7 @@ def open_source(spec: str, fmt: str = "auto", dataset_config: str | None = None,
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[file_format]
     if remote.is_remote(spec):
         with remote.local_copy(spec) as copy:
-            frame = reader(copy, columns, spec)
+            frame = _has_rows(reader(copy, columns, spec), spec, file_format)
             prov = {"path": spec, "format": file_format, "sha256": sha256_file(copy), "rows": len(frame)}
         return RawSource(spec, file_format, {"": frame}, provenance=prov)
     path = Path(spec)
@@ -91,19 +92,32 @@ def open_source(spec: str, fmt: str = "auto", dataset_config: str | None = None,
         raise DataError(f"{spec}: file not found")
     if path.is_dir():
         raise DataError(f"{spec}: expected a {file_format} file, found a directory")
-    frame = reader(path, columns)
+    frame = _has_rows(reader(path, columns), spec, file_format)
     prov = {"path": spec, "format": file_format, "sha256": sha256_file(path), "rows": len(frame)}
     return RawSource(spec, file_format, {"": frame}, provenance=prov)
 
 
 # ---------------------------------------------------------------- files
 
+def _has_rows(frame: pd.DataFrame, where: str, file_format: str) -> pd.DataFrame:
+    """The frame, or an error for a file that holds no rows (later steps would fail obscurely)."""
+    if len(frame):
+        return frame
+    if not len(frame.columns):
+        raise DataError(f"{where}: no rows (an empty file); add rows or point the config at another file")
+    what = "only a header" if file_format == "csv" else "only the columns"
+    raise DataError(f"{where}: no rows ({what}: {', '.join(map(str, frame.columns))}); "
+                    "add rows or point the config at another file")
+
+
 def _read_csv(path: Path, columns: list[str] | None, where: str | None = None) -> pd.DataFrame:
     # Only an empty field is missing: "NA" or "null" is a perfectly good review.
     try:
         return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",",
                            keep_default_na=False, na_values=[""], dtype={"id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()  # not even a header: _has_rows says "an empty file"
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
         raise DataError(f"{where or path}: not a readable CSV file ({str(err).splitlines()[0]})") from None
 
 
@@ -114,9 +128,47 @@ def _read_jsonl(path: Path, columns: list[str] | None, where: str | None = None)
     for lines in attempts:
         try:
             return pd.read_json(path, lines=lines, dtype=False, convert_dates=False)
-        except (ValueError, UnicodeDecodeError, OSError) as e:
+        except (ValueError, TypeError, UnicodeDecodeError, OSError) as e:  # TypeError: a line holding a list
             err = e
-    raise DataError(f"{where or path}: not readable as JSON lines ({str(err).splitlines()[0]})") from None
+    fault = _json_fault(path, where or str(path))
+    raise DataError(fault or f"{where or path}: not readable as JSON lines ({str(err).splitlines()[0]})") from None
+
+
+def _json_fault(path: Path, where: str) -> str | None:
+    """`<file>:<line>: ...` for the first line that is not a JSON object (pandas only gives a byte
+    position), or for a .json document its line and column; None when no such line is found."""
+    try:
+        with path.open(encoding="utf-8") as f:  # streamed: only a failed read gets here, maybe a big file
+            if path.suffix.lower() == ".json" and f.read(4096).lstrip().startswith("["):
+                return _json_document_fault(path, where)
+            f.seek(0)
+            for number, line in enumerate(f, 1):
+                fault = _json_line_fault(line)
+                if fault:
+                    return f"{where}:{number}: {fault}"
+    except (UnicodeDecodeError, OSError):
+        return None
+    return None
+
+
+def _json_line_fault(line: str) -> str | None:
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno}); fix or remove the line"
+    if not isinstance(value, dict):
+        return f"expected one JSON object per line, found a {type(value).__name__}; fix or remove the line"
+    return None
+
+
+def _json_document_fault(path: Path, where: str) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        return f"{where}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); fix the file there"
+    return None
 
 
 def _read_parquet(path: Path, columns: list[str] | None, where: str | None = None) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.lib.contracts.data import publish_mode, sha256_file
+from components.lib.contracts.files import publish_mode, sha256_file
 from components.lib.core.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -14,26 +14,28 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from components.lib.core.env import scoped_env
 from components.lib.core.errors import UserError
+from components.lib.settings.cli import (
+    check_writable,
+)
 from components.lib.settings.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PipelineConfig
+from components.lib.tracking.store import (  # noqa: F401  (tracking_uri: also runs.tracking_uri for its callers)
+    check_store_dir,
+    disk_faults_named,
+    sqlite_path,
+    store_fault,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def tracking_uri(cfg: PipelineConfig) -> str:
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cfg.work_dir).resolve() / 'mlflow.db'}"
 
 
 # ---------------------------------------------------------------- is the server there?
@@ -136,12 +138,27 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def ensure_experiment(cfg: PipelineConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (created if missing)."""
-    import mlflow
-
     uri = tracking_uri(cfg)
     check_server(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(uri)
+    fresh = db is not None and not db.exists()
+    if db is not None:
+        check_store_dir(cfg, uri, db)
+    try:
+        return _experiment_id(cfg, uri)
+    except Exception as err:
+        fault = store_fault(cfg, err, [db.parent] if db else [])
+        if fault is None:
+            raise
+        if fresh and db is not None:  # half-migrated, it would break every later run: start afresh next time
+            for leftover in (db, *(db.with_name(db.name + s) for s in ("-journal", "-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+        raise fault from err
+
+
+def _experiment_id(cfg: PipelineConfig, uri: str) -> str:
+    import mlflow
+
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
@@ -199,11 +216,41 @@ class StepTracker:
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+def _write_dir(cfg: PipelineConfig, step: str) -> tuple[Path, str] | None:
+    """Where `step` makes its files (its output's parent: the atomic writers' temps go there; the
+    pseudo dir itself, which pseudo-labelling fills) and the setting that chose it; None if unknown."""
+    if step.startswith("distill-student-"):
+        return cfg.student_dir(step[len("distill-student-"):]).parent, _dir_key(cfg.student.output_dir, "student")
+    outputs = {
+        "prepare-data": (cfg.data_dir.parent, cfg.data.output_dir, "data"),
+        "finetune-teacher": (cfg.teacher_dir.parent, cfg.teacher.output_dir, "teacher"),
+        "pseudo-label-transfer-set": (cfg.pseudo_dir, cfg.transfer.output_dir, "transfer"),
+        "evaluate": (cfg.eval_dir.parent, cfg.evaluate.output_dir, "evaluate"),
+        "export": (cfg.export_dir.parent, cfg.export.output_dir, "export"),
+    }
+    if step not in outputs:
+        return None
+    where, explicit, section = outputs[step]
+    return where, _dir_key(explicit, section)
+
+
+def _dir_key(explicit: str | None, section: str) -> str:
+    return f"{section}.output_dir" if explicit else "work_dir"
+
+
 @contextlib.contextmanager
 def step_run(cfg: PipelineConfig, step: str) -> Iterator[StepTracker]:
-    """An MLflow run for one step, nested under the pipeline's parent run when there is one."""
+    """An MLflow run for one step, nested under the pipeline's parent run when there is one.
+
+    First the place the step writes is probed (cli.check_writable), so a full, read-only or
+    forbidden disk is one line before any work; a disk fault later in the step is one line too."""
+    out = _write_dir(cfg, step)
+    if out is not None:
+        check_writable(*out)
+    places = [out[0]] if out else []
     if not cfg.tracking.enabled:
-        yield StepTracker(None)
+        with disk_faults_named(cfg, places):
+            yield StepTracker(None)
         return
     import mlflow
 
@@ -217,7 +264,8 @@ def step_run(cfg: PipelineConfig, step: str) -> Iterator[StepTracker]:
     # active run (tests, notebooks) still nests where the config says.
     while mlflow.active_run() is not None:
         mlflow.end_run()
-    run = mlflow.start_run(experiment_id=exp_id, run_name=step, tags=tags)
+    with disk_faults_named(cfg, places):
+        run = mlflow.start_run(experiment_id=exp_id, run_name=step, tags=tags)
     status = "FAILED"
     # The step's own log records (INFO and up, every logger) go to its run as logs/<step>.log,
     # however quiet the terminal is (`distilflow run` without --verbose shows one line per step).
@@ -228,14 +276,29 @@ def step_run(cfg: PipelineConfig, step: str) -> Iterator[StepTracker]:
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        yield StepTracker(run.info.run_id)
+        with disk_faults_named(cfg, places):
+            yield StepTracker(run.info.run_id)
         status = "FINISHED"
     finally:
         root.removeHandler(handler)
-        try:
-            mlflow.log_text(buffer.getvalue(), f"logs/{step}.log", run_id=run.info.run_id)
-        finally:
-            mlflow.end_run(status=status)
+        _close_run(cfg, run.info.run_id, step, buffer.getvalue(), status, places)
+
+
+def _close_run(cfg: PipelineConfig, run_id: str, step: str, log_text: str, status: str, places: list[Path]) -> None:
+    """Log the step's log and end its run. After a failed step a failing store (a full disk, say)
+    only warns: the step's own error is the one to see, not the store's on top of it."""
+    import mlflow
+
+    try:
+        with disk_faults_named(cfg, places):
+            try:
+                mlflow.log_text(log_text, f"logs/{step}.log", run_id=run_id)
+            finally:
+                mlflow.end_run(status=status)
+    except Exception as err:
+        if status == "FINISHED":
+            raise
+        log.warning("MLflow run %s of %s not closed: %s", run_id, step, str(err).splitlines()[0][:200])
 
 
 def start_parent_run(cfg: PipelineConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
@@ -244,7 +307,9 @@ def start_parent_run(cfg: PipelineConfig, run_name: str | None = None, tags: Map
 
     exp_id = ensure_experiment(cfg)
     client = mlflow.MlflowClient(tracking_uri(cfg))
-    run = client.create_run(exp_id, run_name=run_name or cfg.name, tags={"distilflow.pipeline": cfg.name, **(tags or {})})
+    with disk_faults_named(cfg):
+        run = client.create_run(exp_id, run_name=run_name or cfg.name,
+                                tags={"distilflow.pipeline": cfg.name, **(tags or {})})
     return run.info.run_id
 
 
@@ -326,17 +391,3 @@ def _model_dir_inside(root: Path) -> Path:
         if (child.parent / "model.safetensors").exists() or (child.parent / "pytorch_model.bin").exists():
             return child.parent
     return root
-
-
-def pip_requirements(packages: Sequence[str]) -> list[str]:
-    """`pkg==version` pins of the installed packages a logged MLflow model needs (local version
-    tags such as +cpu dropped: indexes do not serve them); packages not installed are left out."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in packages:
-        try:
-            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
-        except PackageNotFoundError:
-            pass
-    return reqs

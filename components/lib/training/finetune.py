@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from components.lib.contracts import data
+from components.lib.core.env import pip_requirements
 from components.lib.core.errors import UserError
 from components.lib.core.task import Task
 from components.lib.models import teacher as T
@@ -229,7 +230,7 @@ def log_model(tr: tracking.StepTracker, model, tokenizer, task: str, input_examp
         name="teacher",
         task=str(task),  # a plain name: MLflow writes it into YAML
         input_example=input_example,
-        pip_requirements=tracking.pip_requirements(TEACHER_PACKAGES),
+        pip_requirements=pip_requirements(TEACHER_PACKAGES),
     )
     model_uri = f"runs:/{tr.run_id}/teacher"
     tr.set_tags({"distilflow.teacher_uri": model_uri})
