@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.test_serve import _save
+from tests.test_serve import _save, _served
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -365,16 +365,6 @@ def test_mlserver_killed_takes_its_workers_with_it(cls_export, cli):
 
 BLANKS = {"empty": "", "spaces": "   ", "tabs and newlines": "\t\n \r", "zero-width space and BOM": "\u200b\ufeff",
           "ideographic space": "\u3000"}
-
-
-def _served(model_dir: Path, name: str):
-    from components.serve.server import start, stop
-
-    server = start(model_dir, name=name)
-    try:
-        yield server
-    finally:
-        stop(server)
 
 
 @pytest.fixture(scope="module")
