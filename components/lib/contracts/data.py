@@ -30,13 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components.lib.contracts.files import (  # noqa: F401  (data.atomic_dir & co: the steps' one import for their files)
-    STALE_AFTER_S,
     atomic_dir,
     atomic_path,
-    publish_mode,
     sha256_dir,
     sha256_file,
-    sweep_stale_temps,
     write_json,
 )
 from components.lib.contracts.pseudo_values import check_pseudo_values, check_widths
