@@ -264,8 +264,10 @@ def build_tiny_token_teacher(out: Path, base_dir: Path, steps: int = 40) -> Path
     return out
 
 
-def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, seed: int = 0, mode: str = "soft+repr") -> Path:
-    """A 16-wide BiLSTM tagger over the trimmed MiniLM vocab, trained `steps` Adam steps on gold tags."""
+def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, seed: int = 0, mode: str = "soft+repr",
+                             task: tuple[list[list[str]], list[list[int]], list[str]] | None = None) -> Path:
+    """A 16-wide BiLSTM tagger over the trimmed MiniLM vocab, trained `steps` Adam steps on gold tags
+    (of `task`: sentences, tag ids, tag names; else the synthetic English NER sentences)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -273,7 +275,7 @@ def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, se
     from components.lib.models.student_io import save_student
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sents, tags, names = make_ner_sentences(80, seed=5)
+    sents, tags, names = task or make_ner_sentences(80, seed=5)
     ids, labels = piece_batch(tok, sents, tags, MAX_LEN)
     counts = np.zeros(tok.vocab_size, dtype=np.int64)
     for x in ids:

@@ -5,6 +5,7 @@ returns entity spans with character offsets. The flow around them is components/
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 METRIC = "f1"
 TASK_KEYS = {"task": Task.token_classification.value, "metric": METRIC}
-CODE_MODULES = ("publish/pyfunc.py", "core/tokens.py", "core/decode.py", "core/errors.py")  # what the pyfunc imports
+SEGMENTER_PACKAGES = {"jieba": ("jieba", "opencc-python-reimplemented")}  # pinned in the pyfunc's requirements
+CODE_MODULES = ("publish/pyfunc.py", "core/tokens.py", "core/decode.py", "core/segment.py", "core/errors.py")  # what the pyfunc imports
 
 
 class TokenExportResult(BaseModel):
@@ -99,7 +101,7 @@ def quantize(fp32: Path, out: Path, student, dev: Dev, base: float, cfg: Pipelin
 
 def pyfunc_config(cfg: PipelineConfig) -> dict:
     """pyfunc.json's task tells the pyfunc it is a tagger; the pre-tokeniser splits raw text as the data did."""
-    return {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer}
+    return {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer, "segmenter": cfg.data.segmenter}
 
 
 def pyfunc_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str], label_names: list[str]) -> dict:
@@ -122,16 +124,26 @@ def pyfunc_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str],
         "signature": ModelSignature(inputs=Schema([ColSpec("string")]),
                                     outputs=Schema([ColSpec(Array(entity), "entities"), ColSpec(Array("string"), "tags")])),
         "input_example": pd.DataFrame({"text": example_texts}),
-        "pip_requirements": pip_requirements(),
+        "pip_requirements": pip_requirements(segmenter_packages(bundle)),
     }
 
 
-def expected_entities(session, student, texts: list[str], pretokenizer: str) -> list[list[dict]]:
+def segmenter_packages(bundle: Path) -> tuple[str, ...]:
+    """What the bundle's word segmenter (pyfunc.json) needs installed where the tagger serves."""
+    from components.lib.publish.pyfunc import PYFUNC_CONFIG
+
+    conf = json.loads((bundle / PYFUNC_CONFIG).read_text())
+    return SEGMENTER_PACKAGES.get(str(conf.get("segmenter", "none")), ())
+
+
+def expected_entities(session, student, texts: list[str], pretokenizer: str, segmenter: str = "none") -> list[list[dict]]:
     """What the tagger must return for texts, computed outside the pyfunc (pretokenize -> ONNX
     per-word logits -> tags -> spans), to check the saved model end to end."""
+    from components.lib.core.segment import segmenter as segmenter_of
     from components.lib.core.tokens import pretokenize, spans
 
-    words = [pretokenize(t, pretokenizer) for t in texts]
+    seg = segmenter_of(segmenter)
+    words = [pretokenize(t, pretokenizer, seg) for t in texts]
     sents = [[w for w, _, _ in ws] for ws in words]
     logits = onnx_predict_word_logits(session, student, sents)
     out = []
@@ -151,6 +163,6 @@ def _same_entities(got: list[list[dict]], want: list[list[dict]]) -> bool:
 
 def check_pyfunc(model, session, student, texts: list[str], cfg: PipelineConfig) -> None:
     got = model.predict(texts)["entities"].tolist()
-    want = expected_entities(session, student, texts, cfg.data.pretokenizer)
+    want = expected_entities(session, student, texts, cfg.data.pretokenizer, cfg.data.segmenter)
     if not _same_entities(got, want):
         raise ParityError(f"pyfunc entities {got} differ from ONNX {want}")

@@ -4,7 +4,8 @@ train/dev/test/transfer split.
 One flow for every task: read the sources (the task's `read`), remove exact duplicates within
 train, test and the unlabeled rows, drop train and unlabeled rows that are also in test (counted,
 or an error with data.on_overlap=fail) and unlabeled rows that repeat a train row, hold out a test
-share when there is no test data, cut train into train/dev/rest, build the transfer set, re-check
+share when there is no test data, cut train into train/dev/rest, add the task's augmented copies of
+train (untagged; token classification's mention replacement), build the transfer set, re-check
 the split, and write <data_dir>/{train,dev,test,transfer}.parquet + data_card.json atomically under
 one MLflow step run. What differs by task is a hooks module (components/prepare_data/hooks.py
 PrepareHooks) in TASKS: sequence.py (texts with a class label, N per class) and tokens.py
@@ -62,16 +63,24 @@ def build(dc: DataConfig, task: PrepareHooks) -> tuple[dict[str, pd.DataFrame], 
         unlabeled, removed["duplicates"]["unlabeled_in_train"] = unlabeled[~in_train], int(in_train.sum())
 
     labeled, dev, rest = task.split(train, dc, got)
+    taken = set(train[key]) | set(test[key]) | (set(unlabeled[key]) if unlabeled is not None else set())
+    made, augmentation = task.augment(labeled, taken, dc, got)  # from train only: never dev or test
+    n_made = 0 if made is None else len(made)
+    if made is not None:
+        rest = pd.concat([rest, made], ignore_index=True)
     transfer, capped = task.transfer(rest, unlabeled, dc, got)
     frames = {"train": labeled, "dev": dev, "test": test.sort_values("order", kind="stable"), "transfer": transfer}
-    n_from_train = int(transfer["id"].isin(rest["id"]).sum())  # unlabeled ids all start with unsup/
+    n_from_aug = int(transfer["id"].isin(made["id"]).sum()) if n_made else 0
+    n_from_train = int(transfer["id"].isin(rest["id"]).sum()) - n_from_aug  # unlabeled ids hold unsup/
     card = {
         **task.TASK_FIELDS,
         **got.facts,
         "label_names": got.names,
         "label_origin": got.origin,
         "rows": {k: len(v) for k, v in frames.items()},
-        "transfer": {"from_train": n_from_train, "from_unlabeled": len(transfer) - n_from_train, "capped": capped},
+        "transfer": {"from_train": n_from_train, "from_unlabeled": len(transfer) - n_from_train - n_from_aug,
+                     **({"from_augmentation": n_from_aug} if augmentation else {}), "capped": capped},
+        **({"augmentation": augmentation} if augmentation else {}),
         "sources": got.sources,
         "removed": removed,
         task.CONFLICTS: conflicts,

@@ -59,6 +59,12 @@ class PrepareHooks(Protocol):
         """(train, dev, rest): the low-resource split of the rows left for training."""
         ...
 
+    def augment(self, labeled: pd.DataFrame, taken: set[str], dc: DataConfig,
+                got: Inputs) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+        """(rows made from the labeled train split for the transfer set, untagged, or None; their
+        data-card entry). `taken`: KEY values already used anywhere, which a made row must avoid."""
+        ...
+
     def transfer(self, rest: pd.DataFrame, unlabeled: pd.DataFrame | None, dc: DataConfig,
                  got: Inputs) -> tuple[pd.DataFrame, int]:
         """(transfer set, rows capped): the rest of train without labels and the unlabeled rows,

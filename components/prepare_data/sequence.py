@@ -273,6 +273,11 @@ def split(train: pd.DataFrame, dc: DataConfig, got: Inputs) -> tuple[pd.DataFram
     return take["train"], take["dev"], take["rest"]
 
 
+def augment(labeled: pd.DataFrame, taken: set[str], dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame | None, dict]:
+    """No augmentation for text classification (the transfer set is the unlabeled texts as read)."""
+    return None, {}
+
+
 def transfer(rest: pd.DataFrame, unlabeled: pd.DataFrame | None, dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame, int]:
     """The rest of train and the unlabeled rows, shuffled, then cut to data.max_transfer_rows."""
     pool = pd.concat([rest, unlabeled] if unlabeled is not None else [rest], ignore_index=True)

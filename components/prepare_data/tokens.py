@@ -37,8 +37,10 @@ from components.lib.core import tokens
 from components.lib.core.errors import DataError, UserError
 from components.lib.core.task import Task
 from components.lib.settings.config import DataConfig
+from components.lib.sources.augment import mention_replacement
 from components.lib.sources.splits import HOLDOUT, SAMPLE, SHUFFLE, label_budgets, rng
 from components.lib.sources.token_ingest import RawSentences, load_labeled, load_languages, load_unlabeled
+from components.lib.sources.unlabeled_text import read_language_unlabeled
 from components.prepare_data.hooks import SPLITS, Inputs
 
 log = logging.getLogger("distilflow.prepare_data")
@@ -47,6 +49,7 @@ KEY, TARGET, NOUN, UNIT = "key", "tags", "sentences", "sentences"
 CONFLICTS = "duplicate_sentences_with_conflicting_tags"
 COUNT_DUPLICATES = True
 TASK_FIELDS = {"task": Task.token_classification.value}
+AUGMENT, UNLABELED = 7, 8  # sampling streams (lib/sources/splits.py rng purposes) of augmentation, per-language caps
 PREFIX_ORDER = "BIESLU"  # B- before I- (then IOBES / BILOU ends) within an entity type
 IOB_TAG = re.compile(r"^(O|[BIESLU][-_]\S+)$")  # IOB1/IOB2, IOBES and BILOU tags
 
@@ -214,11 +217,20 @@ def read(dc: DataConfig) -> Inputs:
     space = tag_space(dc, raw_trains + raw_tests)
     train = frames_of(raw_trains, space)
     test = frames_of(raw_tests, space) if raw_tests else None
-    unlabeled = None
+    pools = []
     if dc.unlabeled_source:
         raw_u = load_unlabeled(dc)
         sources["unlabeled"] = raw_u.provenance
-        unlabeled = frame_of(raw_u, None)
+        pools.append(frame_of(raw_u, None))
+    for ls in dc.languages or []:
+        if ls.unlabeled:
+            frame, prov = read_language_unlabeled(ls, dc)
+            sources.setdefault("unlabeled_per_language", {})[ls.lang] = prov
+            pools.append(frame.assign(tags=None, key=[sentence_key(w) for w in frame["tokens"]]))
+    unlabeled = None
+    if pools:
+        unlabeled = pd.concat(pools, ignore_index=True)
+        unlabeled = unlabeled.assign(order=np.arange(len(unlabeled)))
     return Inputs(train, test, unlabeled, space.names, space.origin, ", ".join(r.where for r in raw_trains),
                   sources, {}, {})
 
@@ -243,12 +255,28 @@ def split(train: pd.DataFrame, dc: DataConfig, got: Inputs) -> tuple[pd.DataFram
     return tuple(pd.concat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
+def per_language_caps(unlabeled: pd.DataFrame, dc: DataConfig) -> tuple[pd.DataFrame, int]:
+    """Each language's own unlabeled sentences cut to its unlabeled_fraction, then its
+    max_unlabeled_rows (seeded samples, source order kept); rows of data.unlabeled_source pass."""
+    keep = np.ones(len(unlabeled), dtype=bool)
+    for k, ls in enumerate(dc.languages or []):
+        mine = np.flatnonzero(unlabeled["id"].str.startswith(f"{ls.lang}/unsup/").to_numpy())
+        n = len(mine) if ls.unlabeled_fraction >= 1 else int(round(ls.unlabeled_fraction * len(mine)))
+        n = n if ls.max_unlabeled_rows is None else min(n, ls.max_unlabeled_rows)
+        if n < len(mine):
+            drop = rng(dc.seed, UNLABELED, k).permutation(len(mine))[n:]
+            keep[mine[drop]] = False
+    return unlabeled[keep], int((~keep).sum())
+
+
 def transfer(rest: pd.DataFrame, unlabeled: pd.DataFrame | None, dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame, int]:
     """The rest of train (tags dropped) and the unlabeled sentences, capped, then shuffled."""
     rest = rest.assign(tags=None)
+    capped = 0
+    if unlabeled is not None and dc.languages:
+        unlabeled, capped = per_language_caps(unlabeled, dc)
     # The cap keeps the in-domain rest of train first and fills up with (a seeded sample of) the
     # unlabeled source, so a large generic pool never crowds out the source's own sentences.
-    capped = 0
     if dc.max_transfer_rows is not None and len(rest) > dc.max_transfer_rows:
         capped += len(rest) - dc.max_transfer_rows
         rest = rest.iloc[np.sort(rng(dc.seed, SHUFFLE).permutation(len(rest))[: dc.max_transfer_rows])]
@@ -262,6 +290,28 @@ def transfer(rest: pd.DataFrame, unlabeled: pd.DataFrame | None, dc: DataConfig,
     if not len(rows):
         raise DataError(f"{got.where}: the transfer set is empty (lower data.train_sentences or set data.unlabeled_source)")
     return rows, capped
+
+
+def augment(labeled: pd.DataFrame, taken: set[str], dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame | None, dict]:
+    """Mention-replacement copies of each language's train sentences (its augment_copies), to go
+    to the transfer set untagged; ids `<lang>/aug/<source id>/<copy>`. Keys in `taken` are skipped."""
+    frames, facts = [], {}
+    for k, ls in enumerate(dc.languages or []):
+        if not ls.augment_copies:
+            continue
+        mine = labeled[labeled["lang"] == ls.lang]
+        tags = [[got.names[t] for t in row] for row in mine["tags"]]
+        made, counts = mention_replacement(mine["tokens"].tolist(), tags, ls.augment_copies, rng(dc.seed, AUGMENT, k),
+                                           sentence_key, taken)
+        src = mine["id"].tolist()
+        ids = [f"{ls.lang}/aug/{src[c.source]}/{c.copy}" for c in made]
+        frames.append(pd.DataFrame({"id": ids, "tokens": [c.words for c in made], "tags": [None] * len(made),
+                                    "lang": [ls.lang] * len(made), "key": [sentence_key(c.words) for c in made]}))
+        facts[ls.lang] = {"method": "mention_replacement", "copies": ls.augment_copies, "from": "train", **counts}
+    if not frames:
+        return None, facts
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(order=np.arange(len(out))), facts
 
 
 def card_facts(frames: dict[str, pd.DataFrame], names: list[str], dc: DataConfig) -> dict:

@@ -20,15 +20,26 @@ from components.lib.core.errors import UserError
 IGNORE_INDEX = -100
 _WORDS = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]", re.UNICODE)
 _WHITESPACE = re.compile(r"\S+")
+# CJK unified ideographs (+ extension A, compatibility ideographs, extensions B-F on plane 2)
+HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 
 
-def pretokenize(text: str, mode: str = "words") -> list[tuple[str, int, int]]:
+def pretokenize(text: str, mode: str = "words", segment=None) -> list[tuple[str, int, int]]:
     """Split raw text into (word, start, end) character spans.
-    whitespace: runs of non-space; words: letter/digit runs (inner - and ' kept) and single punctuation."""
+    whitespace: runs of non-space; words: letter/digit runs (inner - and ' kept) and single punctuation.
+    segment (core/segment.py, e.g. jieba): splits each span holding Han characters (Chinese is
+    written without spaces, so the regex alone makes a whole clause one word) into its words."""
     pattern = _WHITESPACE if mode == "whitespace" else _WORDS
     if mode not in ("whitespace", "words"):
         raise UserError(f"unknown pretokenizer '{mode}' (expected whitespace or words)")
-    return [(m.group(), m.start(), m.end()) for m in pattern.finditer(text)]
+    out = []
+    for m in pattern.finditer(text):
+        word, start = m.group(), m.start()
+        if segment is not None and HAN.search(word):
+            out.extend((w, start + a, start + b) for w, a, b in segment(word))
+        else:
+            out.append((word, start, m.end()))
+    return out
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 (StudentTextClassifier), or entity spans with character offsets (StudentTokenTagger).
 
 Self-contained on purpose (numpy, pandas, onnxruntime, transformers; no torch; the classifier
-uses only lib/core/truncation.py, the tagger only lib/core/tokens.py and lib/core/errors.py, shipped beside
+uses only lib/core/truncation.py, the tagger lib/core/tokens.py, decode.py, segment.py and errors.py, shipped beside
 it): the export step ships these files with the model through `code_paths`, so
 `mlflow.pyfunc.load_model("models:/NAME@champion")` works in any process that has those
 packages. The bundle (one artifact folder, "student") holds the ONNX graph, the student's
@@ -12,7 +12,7 @@ label names, max_length).
 Tokenisation mirrors components/lib/models/student_io.py exactly: teacher word pieces with [CLS]/[SEP],
 truncated to max_length (truncation.tokenize_truncated), mapped through the trimmed vocabulary
 (unknown -> 1, pad -> 0), pads at the end; the test suite checks the two agree. The tagger splits raw text into words with
-tokens.pretokenize (the mode stored in pyfunc.json), aligns words to pieces with
+tokens.pretokenize (the mode and the Han segmenter stored in pyfunc.json), aligns words to pieces with
 tokens.encode_words (a word's output lives on its first piece; words past max_length are O)
 and reads entity spans with tokens.spans, exactly as the evaluate step scores the student.
 """
@@ -138,6 +138,9 @@ class StudentTokenTagger(StudentTextClassifier):
         super()._load(bundle)
         conf = json.loads((bundle / PYFUNC_CONFIG).read_text())
         self.pretokenizer = str(conf.get("pretokenizer", "words"))
+        from components.lib.core.segment import segmenter
+
+        self.segment = segmenter(conf.get("segmenter", "none"))  # Han runs -> words, as prepare-data split them
 
     def word_logits(self, sentences: list[list[str]]) -> list[np.ndarray]:
         """Pre-split sentences -> per sentence (n_covered, C) float32 logits at each word's first piece."""
@@ -158,7 +161,7 @@ class StudentTokenTagger(StudentTextClassifier):
         from components.lib.core.decode import decode_words, outside_index
         from components.lib.core.tokens import pretokenize, spans
 
-        words = [pretokenize(t, self.pretokenizer) for t in texts]  # [(word, start, end)] per text
+        words = [pretokenize(t, self.pretokenizer, self.segment) for t in texts]  # [(word, start, end)] per text
         logits = self.word_logits([[w for w, _, _ in ws] for ws in words])
         outside = outside_index(self.label_names)
         all_entities, all_tags = [], []

@@ -67,8 +67,9 @@ def pyfunc_code_paths(out: Path, modules: tuple[str, ...] = CLASSIFIER_MODULES) 
     return [str(pkg)]
 
 
-def pip_requirements() -> list[str]:
-    return installed_pins(PYFUNC_PACKAGES)
+def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """Pins of what the pyfunc imports, plus `extra` (e.g. the tagger's word segmenter)."""
+    return installed_pins(PYFUNC_PACKAGES + extra)
 
 
 def read_report(cfg: PipelineConfig) -> dict:

@@ -45,6 +45,15 @@ class LanguageSource(Strict):
     source: str = Field(..., description="this language's labeled train source: CoNLL/IOB file, datasets name or dir, JSONL/Parquet (a path or an s3:// gs:// hf:// http(s):// URI)")
     test_source: str | None = Field(None, description="this language's official test file, path or URI (else the source's test split)")
     dataset_config: str | None = Field(None, description="Hugging Face configuration of this language (e.g. wikiann: de)")
+    unlabeled: list[str] | None = Field(None, description="this language's unlabeled text for the transfer set: files, globs or folders (path or URI); .txt = one sentence a line, .jsonl/.parquet/.csv = data.unlabeled_text_column (or data.tokens_column), CoNLL suffixes = its words; split into words by data.pretokenizer and data.segmenter")
+    unlabeled_fraction: float = Field(1.0, gt=0, le=1, description="seeded share of this language's unlabeled sentences kept (after de-duplication and the test-overlap check)")
+    max_unlabeled_rows: int | None = Field(None, ge=1, description="cap on this language's unlabeled sentences (a seeded sample); None keeps all")
+    augment_copies: int = Field(0, ge=0, le=100, description="mention-replacement copies made of each train sentence with an entity (the train split only; the teacher labels them in the transfer set); 0: none")
+
+    @field_validator("unlabeled", mode="before")
+    @classmethod
+    def _one_or_more(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
 
 DEFAULT_DEV_PER_CLASS, DEFAULT_DEV_SENTENCES = 10, 100
@@ -69,6 +78,7 @@ class DataConfig(Strict):
     conll_tag_field: int = Field(-1, description="CoNLL files: field holding the tag (-1 = last)")
     conll_comments: bool = Field(False, description="CoNLL files: skip lines starting with # (CoNLL-U comments such as # sent_id, # text)")
     conll_delimiter: Literal["whitespace", "tab"] = Field("whitespace", description="CoNLL files: what separates fields (tab: a word may hold spaces, as in CoNLL-U)")
+    segmenter: Literal["none", "jieba"] = Field("none", description="token classification: how each run of Han characters in raw text is split into words (jieba, for Chinese; none keeps a run one word); the same in prepare-data and the exported tagger")
     pretokenizer: Literal["whitespace", "words"] = Field("words", description="token classification: how raw-text transfer rows are split into words (whitespace, or words = runs of letters/digits and single punctuation)")
     train_sentences: int | None = Field(200, ge=1, description="token classification: labeled train sentences kept (the low-resource budget); None keeps all")
     dev_sentences: int | None = Field(None, ge=1, description="token classification: labeled dev sentences, taken from train; None: min(100, train_sentences), never more dev than train unless set")

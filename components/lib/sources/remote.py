@@ -158,6 +158,7 @@ def local_inputs(cfg: Any) -> list[tuple[str, str]]:
     ]
     for i, ls in enumerate(data.languages or []):
         keyed += [(f"data.languages.{i}.source", ls.source), (f"data.languages.{i}.test_source", ls.test_source)]
+        keyed += [(f"data.languages.{i}.unlabeled.{j}", spec) for j, spec in enumerate(ls.unlabeled or [])]
     keyed += [("teacher.model", cfg.teacher.model), ("transfer.teacher", cfg.transfer.teacher),
               ("tracking.uri", cfg.tracking.uri)]
     return [(key, value) for key, value in keyed if value and is_local_path(value)]

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from components.lib.core import tokens
 from components.lib.core.errors import DataError, UserError
+from components.lib.core.segment import segmenter
 from components.lib.settings.config import DataConfig
 from components.lib.sources import conll, remote
 from components.lib.sources.ingest import SUFFIX_FORMAT, open_source, unlabeled_split
@@ -136,7 +137,8 @@ def table_sentences(raw: pd.DataFrame, where: str, prefix: str, dc: DataConfig, 
     elif not labeled and dc.unlabeled_text_column in raw.columns:
         words = _split_texts(raw, where, dc)
         keep = [i for i, w in enumerate(words) if w]  # e.g. a text of only spaces after HTML cleaning
-        provenance = {**provenance, "pretokenizer": dc.pretokenizer, "rows_without_words": len(words) - len(keep)}
+        provenance = {**provenance, "pretokenizer": dc.pretokenizer, "segmenter": dc.segmenter,
+                      "rows_without_words": len(words) - len(keep)}
         words, ids = [words[i] for i in keep], [ids[i] for i in keep]
         langs = None if langs is None else [langs[i] for i in keep]
     else:
@@ -153,11 +155,17 @@ def table_sentences(raw: pd.DataFrame, where: str, prefix: str, dc: DataConfig, 
     return RawSentences(where, dc.tags_column, ids, words, tags, langs, tag_names=tag_names, provenance=provenance)
 
 
-def _split_texts(raw: pd.DataFrame, where: str, dc: DataConfig) -> list[list[str]]:
-    texts = check_texts(raw, where, dc.unlabeled_text_column, "data.unlabeled_text_column")
+def split_words(texts: pd.Series, dc: DataConfig) -> list[list[str]]:
+    """Raw texts -> words: cleaned as all text is, then data.pretokenizer and data.segmenter (the
+    rule the exported tagger applies to the text it serves)."""
+    seg = segmenter(dc.segmenter)
     texts = clean_texts(texts, dc.clean_html, dc.normalize_whitespace).tolist()
     bar = tqdm(texts, desc="pre-tokenising", unit="text", disable=len(texts) < 50_000)
-    return [[w for w, _, _ in tokens.pretokenize(t, dc.pretokenizer)] for t in bar]
+    return [[w for w, _, _ in tokens.pretokenize(t, dc.pretokenizer, seg)] for t in bar]
+
+
+def _split_texts(raw: pd.DataFrame, where: str, dc: DataConfig) -> list[list[str]]:
+    return split_words(check_texts(raw, where, dc.unlabeled_text_column, "data.unlabeled_text_column"), dc)
 
 
 def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
