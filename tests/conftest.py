@@ -126,6 +126,15 @@ def tiny_student_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_factorised_student_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
+    """tiny_student_dir's student with (V, 8) x (8, 16) factorised embeddings."""
+    import torch
+
+    torch.set_num_threads(1)
+    return build_tiny_student(tmp_path_factory.mktemp("tiny-factorised") / "soft_repr", packaged_teacher_dir, embed_rank=8)
+
+
+@pytest.fixture(scope="session")
 def evaluated_work_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
     """A work_dir after evaluate (tracking off): data, teacher, a trained soft+repr student, eval/."""
     import torch
@@ -160,6 +169,15 @@ def tiny_tagger_dir(tmp_path_factory, tiny_bert_dir) -> Path:
 
     torch.set_num_threads(1)
     return build_tiny_token_student(tmp_path_factory.mktemp("tagger") / "soft_repr", tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_factorised_tagger_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """tiny_tagger_dir's tagger with (V, 8) x (8, 16) factorised embeddings."""
+    import torch
+
+    torch.set_num_threads(1)
+    return build_tiny_token_student(tmp_path_factory.mktemp("tagger-factorised") / "soft_repr", tiny_bert_dir, embed_rank=8)
 
 
 @pytest.fixture(scope="module")

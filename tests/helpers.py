@@ -136,8 +136,10 @@ def write_tiny_ner_task(out: Path, train: int = 24, dev: int = 12, test: int = 3
 
 # ---------------------------------------------------------------- tiny classification models
 
-def build_tiny_student(out: Path, tokenizer_dir: Path, steps: int = 40, seed: int = 0, mode: str = "soft+repr") -> Path:
-    """A 16-wide BiLSTM over the trimmed MiniLM vocab, trained `steps` Adam steps on topic texts."""
+def build_tiny_student(out: Path, tokenizer_dir: Path, steps: int = 40, seed: int = 0, mode: str = "soft+repr",
+                       embed_rank: int | None = None) -> Path:
+    """A 16-wide BiLSTM over the trimmed MiniLM vocab (embed_rank: factorised embeddings), trained
+    `steps` Adam steps on topic texts."""
     import torch
     from transformers import AutoTokenizer
 
@@ -151,7 +153,8 @@ def build_tiny_student(out: Path, tokenizer_dir: Path, steps: int = 40, seed: in
     for ids in tokenize_ids(tok, texts, 64):
         np.add.at(counts, ids, 1)
     vocab = VocabMap.from_counts(counts, 1, None, [tok.cls_token_id, tok.sep_token_id], tok.pad_token_id, tok.unk_token_id)
-    arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32, num_labels=3)
+    arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32, num_labels=3,
+                       embed_rank=embed_rank)
     torch.manual_seed(seed)
     model = BiLSTMStudent(arch)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -265,9 +268,11 @@ def build_tiny_token_teacher(out: Path, base_dir: Path, steps: int = 40) -> Path
 
 
 def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, seed: int = 0, mode: str = "soft+repr",
-                             task: tuple[list[list[str]], list[list[int]], list[str]] | None = None) -> Path:
-    """A 16-wide BiLSTM tagger over the trimmed MiniLM vocab, trained `steps` Adam steps on gold tags
-    (of `task`: sentences, tag ids, tag names; else the synthetic English NER sentences)."""
+                             task: tuple[list[list[str]], list[list[int]], list[str]] | None = None,
+                             embed_rank: int | None = None) -> Path:
+    """A 16-wide BiLSTM tagger over the trimmed MiniLM vocab (embed_rank: factorised embeddings),
+    trained `steps` Adam steps on gold tags (of `task`: sentences, tag ids, tag names; else the
+    synthetic English NER sentences)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -282,7 +287,7 @@ def build_tiny_token_student(out: Path, tokenizer_dir: Path, steps: int = 60, se
         np.add.at(counts, x, 1)
     vocab = VocabMap.from_counts(counts, 1, None, [tok.cls_token_id, tok.sep_token_id], tok.pad_token_id, tok.unk_token_id)
     arch = StudentArch(vocab_size=len(vocab), embed_dim=16, hidden=16, layers=1, dropout=0.0, repr_dim=32,
-                       num_labels=len(names), task="token-classification")
+                       num_labels=len(names), task="token-classification", embed_rank=embed_rank)
     torch.manual_seed(seed)
     model = BiLSTMStudent(arch)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)

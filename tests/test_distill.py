@@ -87,6 +87,22 @@ def test_each_mode_trains_and_beats_chance(mode, tmp_path, tiny_task_dir, pseudo
     assert not (out.parent / f".{out.name}.ckpt").exists()  # finished: no checkpoint left
 
 
+def test_factorised_student_distils_and_counts_its_parameters(tmp_path, tiny_task_dir, pseudo_dir, tiny_bert_dir):
+    """student.embed_rank through the step: SVD factors of the teacher's rows, all three stages, and
+    the parameter counts (what evaluate's compression divides by) of the two factors."""
+    cfg = make_cfg(tmp_path, tiny_task_dir, pseudo_dir, tiny_bert_dir, "soft+repr", embed_rank=8)
+    result = distill_student.run(cfg)
+    assert result.dev_accuracy > 0.5
+    metrics = json.loads((cfg.student_dir() / "metrics.json").read_text())
+    loaded = load_student(result.student_dir)
+    v = result.vocab_size
+    assert loaded.arch.embed_rank == 8 and metrics["embedding_parameters"] == v * 8 + 8 * 16
+    assert metrics["parameters"] == result.parameters == sum(p.numel() for p in loaded.model.parameters())
+    full = training.new_student(cfg.student.model_copy(update={"embed_rank": None}), loaded.vocab,
+                                training.teacher_embeddings(tiny_bert_dir), 32, 3)[0]
+    assert sum(p.numel() for p in full.parameters()) - result.parameters == v * 16 - (v * 8 + 8 * 16)
+
+
 def hinton_task(out: Path, seed: int = 0) -> tuple[Path, Path]:
     """3 topics, but no hard label ever names 'money'. The labeled train split holds sport and tech
     only; each transfer text mixes 2-4 words of its primary topic (sport or tech) with fewer words

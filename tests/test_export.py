@@ -18,7 +18,9 @@ from tests.helpers import LABELS, make_topic_texts, make_work_dir, tiny_cfg
 
 # ---------------------------------------------------------------- tests
 
-def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
+@pytest.mark.parametrize("student_fixture", ["tiny_student_dir", "tiny_factorised_student_dir"])  # full, factorised embeddings
+def test_onnx_parity_dynamic_axes_and_int8(student_fixture, request, tmp_path):
+    tiny_student_dir = request.getfixturevalue(student_fixture)
     from components.lib.models.student_io import encode, load_student, predict_logits
     from components.lib.publish.onnx import (
         check_parity,
@@ -33,6 +35,11 @@ def test_onnx_parity_dynamic_axes_and_int8(tiny_student_dir, tmp_path):
     path = export_onnx(st, tmp_path / "m.onnx", 17)
     sess = ort_session(path, 1)
     assert check_parity(st, sess, texts) <= 1e-4
+    if st.arch.embed_rank:  # the graph holds the two factors, never their (V, E) product
+        import onnx
+
+        shapes = {tuple(t.dims) for t in onnx.load(str(path)).graph.initializer}
+        assert (st.arch.vocab_size, 8) in shapes and (st.arch.vocab_size, 16) not in shapes
     # Dynamic batch and sequence: shapes never seen at export time give the torch numbers.
     for batch in (texts[:1], texts[:7], [" ".join(texts[:5])]):
         ids, mask = encode(st, batch)
@@ -61,7 +68,9 @@ def test_parity_failure_is_loud(tiny_student_dir, tmp_path):
         check_parity(st, sess, make_topic_texts(5, seed=1)[0])
 
 
-def test_pyfunc_takes_raw_text_and_matches_the_student(tiny_student_dir, tmp_path):
+@pytest.mark.parametrize("student_fixture", ["tiny_student_dir", "tiny_factorised_student_dir"])  # full, factorised embeddings
+def test_pyfunc_takes_raw_text_and_matches_the_student(student_fixture, request, tmp_path):
+    tiny_student_dir = request.getfixturevalue(student_fixture)
     from components.lib.models.student_io import load_student, predict_logits
     from components.lib.publish.onnx import export_onnx
     from components.lib.publish.pyfunc import StudentTextClassifier

@@ -44,7 +44,9 @@ TEXTS = [
 
 # ---------------------------------------------------------------- tests
 
-def test_tagger_onnx_parity_dynamic_axes_and_int8(tiny_tagger_dir, tmp_path):
+@pytest.mark.parametrize("student_fixture", ["tiny_tagger_dir", "tiny_factorised_tagger_dir"])  # full, factorised embeddings
+def test_tagger_onnx_parity_dynamic_axes_and_int8(student_fixture, request, tmp_path):
+    tiny_tagger_dir = request.getfixturevalue(student_fixture)
     from components.export.tokens import onnx_f1
     from components.lib.core import ner_metrics
     from components.lib.models.student_io import load_student, pad_batch, predict_word_logits, word_ids
@@ -90,7 +92,9 @@ def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
         check_word_parity(st, sess, make_ner_sentences(5, seed=1)[0])
 
 
-def test_tagger_pyfunc_returns_the_students_spans(tiny_tagger_dir, tmp_path):
+@pytest.mark.parametrize("student_fixture", ["tiny_tagger_dir", "tiny_factorised_tagger_dir"])  # full, factorised embeddings
+def test_tagger_pyfunc_returns_the_students_spans(student_fixture, request, tmp_path):
+    tiny_tagger_dir = request.getfixturevalue(student_fixture)
     from components.lib.core.tokens import pretokenize
     from components.lib.evaluation import report
     from components.lib.models.student_io import load_student, predict_tags, predict_word_logits

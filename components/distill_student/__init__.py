@@ -177,7 +177,7 @@ def write_student(out_dir: Path, task: DistillHooks, mode: StudentMode, st: Stud
     """student_dir(mode), atomically: the student (student_io.save_student) and its metrics.json."""
     metrics = {
         "mode": mode.value, **task.RECORDED, **{k: final[k] for k in task.SCORES},
-        "parameters": count_parameters(st.model), "embedding_parameters": st.model.encoder.embeddings.weight.numel(),
+        "parameters": count_parameters(st.model), "embedding_parameters": count_parameters(st.model.encoder.embeddings),
         "vocab_size": len(st.vocab), "seconds": seconds, "epochs": len(history),
         "phases": phase_summary(phases, history), "history": history,
     }

@@ -1,7 +1,8 @@
 """The BiLSTM student: a trimmed word-piece vocabulary (VocabMap) and BiLSTMStudent, an encoder
-(BiLSTMEncoder: SVD-initialised embeddings + a BiLSTM, (B, T) ids -> (B, T, 2H) states) under a
-head (a dense layer in the teacher's representation width and a classifier): SequenceHead
-max-pools the states into one output per text, TokenHead keeps one output per piece.
+(BiLSTMEncoder: SVD-initialised embeddings, one (V, E) matrix or a (V, r) lookup times an (r, E)
+projection, + a BiLSTM, (B, T) ids -> (B, T, 2H) states) under a head (a dense layer in the
+teacher's representation width and a classifier): SequenceHead max-pools the states into one
+output per text, TokenHead keeps one output per piece.
 
 Pure math: no file I/O, no MLflow. Padding never changes the output and the graph exports to
 ONNX with dynamic batch and sequence axes: instead of pack_padded_sequence, the backward LSTM
@@ -87,20 +88,46 @@ class VocabMap:
         return cls(d["teacher_ids"], d["teacher_vocab_size"], d["teacher_pad_id"], d["teacher_unk_id"])
 
 
+def _pca_coords(teacher_rows: np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:
+    """(S, H) rows -> (S, dim) float64 centred rows in their top-`dim` principal axes, U_k diag(s_k)."""
+    rows = torch.as_tensor(np.asarray(teacher_rows), dtype=torch.float64)
+    if dim > min(rows.shape):
+        raise ValueError(f"embed_dim {dim} exceeds the rank bound min{tuple(rows.shape)}")
+    centred = rows - rows.mean(dim=0, keepdim=True)  # (S, H)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(S,H), H)
+    return centred @ vh[:dim].T  # (S, dim)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt().clamp_min(1e-12)
+
+
 def svd_embeddings(teacher_rows: np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:
     """(S, H) teacher embedding rows -> (S, dim): the centred rows in their top-`dim` principal axes.
 
     centred = U diag(s) V^T; init = centred V_k = U_k diag(s_k), the rank-k PCA coordinates, scaled
     to unit RMS so the LSTM's default init sees inputs on the usual N(0, 1) embedding scale.
     """
-    rows = torch.as_tensor(np.asarray(teacher_rows), dtype=torch.float64)
-    if dim > min(rows.shape):
-        raise ValueError(f"embed_dim {dim} exceeds the rank bound min{tuple(rows.shape)}")
-    centred = rows - rows.mean(dim=0, keepdim=True)  # (S, H)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(S,H), H)
-    coords = centred @ vh[:dim].T  # (S, dim)
-    coords = coords / coords.pow(2).mean().sqrt().clamp_min(1e-12)
-    return coords.float()
+    coords = _pca_coords(teacher_rows, dim)  # (S, dim)
+    return (coords / _rms(coords)).float()
+
+
+def svd_factors(teacher_rows: np.ndarray | torch.Tensor, dim: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, H) teacher rows -> lookup (S, rank), projection (rank, dim): svd_embeddings(rows, dim) factorised.
+
+    lookup = the rank-`rank` PCA coordinates at unit RMS (the scale the full init gives its rows);
+    projection = c [I_rank | 0] with c = rms(top `rank` coordinates) / rms(all `dim`), so
+    lookup @ projection is svd_embeddings(rows, dim) with its last dim - rank columns zeroed. Those
+    columns are orthogonal with falling norms (U diag(s)), so that is its best rank-`rank`
+    approximation (Eckart-Young), and at rank == dim the lookup is svd_embeddings itself, c = 1.
+    """
+    if not 1 <= rank <= dim:
+        raise ValueError(f"embed_rank {rank} must be in [1, embed_dim {dim}]")
+    coords = _pca_coords(teacher_rows, dim)  # (S, dim)
+    top = coords[:, :rank]  # (S, rank)
+    lookup = top / _rms(top)
+    projection = torch.eye(rank, dim, dtype=torch.float64) * (_rms(top) / _rms(coords))  # (rank, dim)
+    return lookup.float(), projection.float()
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,11 @@ class StudentArch:
     repr_dim: int  # the teacher's representation width (stage-1 target)
     num_labels: int
     task: str = Task.sequence_classification.value  # token-classification: one output per piece, no pooling
+    embed_rank: int | None = None  # None: one (V, E) matrix; r: a (V, r) lookup times an (r, E) projection
+
+    def __post_init__(self):
+        if self.embed_rank is not None and not 2 <= self.embed_rank <= self.embed_dim:
+            raise ValueError(f"embed_rank {self.embed_rank} must be in [2, embed_dim {self.embed_dim}]")
 
     @property
     def per_token(self) -> bool:
@@ -140,23 +172,57 @@ def encoder_groups(layers: int) -> tuple[str, ...]:
     return ("encoder",) if layers == 1 else tuple(f"encoder.{i}" for i in range(layers, 0, -1))
 
 
+class FactorisedEmbedding(nn.Module):
+    """(B, T) ids -> (B, T, E) through a (V, r) lookup and an (r, E) projection: V r + r E parameters
+    instead of V E. No bias, so the pad row (zero in the lookup, never updated) embeds to zero."""
+
+    def __init__(self, vocab_size: int, rank: int, dim: int):
+        super().__init__()
+        self.lookup = nn.Embedding(vocab_size, rank, padding_idx=PAD)
+        self.proj = nn.Linear(rank, dim, bias=False)
+        # Random init: product entries ~ unit variance, like a full nn.Embedding's N(0, 1) rows.
+        nn.init.normal_(self.proj.weight, std=rank**-0.5)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.lookup(input_ids))  # (B, T, r) -> (B, T, E)
+
+
 class BiLSTMEncoder(nn.Module):
     """Embeddings + the BiLSTM stack: (B, T) ids and mask -> (B, T, 2H) states."""
 
-    def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
+    def __init__(self, arch: StudentArch, embeddings: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None):
+        """embeddings: the initial (V, E) matrix, or for arch.embed_rank r the (V, r) lookup and (r, E)
+        projection (svd_factors); None keeps the random init."""
         super().__init__()
         self.arch = arch
-        self.embeddings = nn.Embedding(arch.vocab_size, arch.embed_dim, padding_idx=PAD)
+        if arch.embed_rank is None:  # state-dict key encoder.embeddings.weight, as before factorising
+            self.embeddings = nn.Embedding(arch.vocab_size, arch.embed_dim, padding_idx=PAD)
+        else:
+            self.embeddings = FactorisedEmbedding(arch.vocab_size, arch.embed_rank, arch.embed_dim)
         if embeddings is not None:
-            if tuple(embeddings.shape) != (arch.vocab_size, arch.embed_dim):
-                raise ValueError(f"embeddings shape {tuple(embeddings.shape)} != {(arch.vocab_size, arch.embed_dim)}")
-            with torch.no_grad():
-                self.embeddings.weight.copy_(embeddings)
-                self.embeddings.weight[PAD].zero_()
+            self._set_embeddings(embeddings)
         self.dropout = nn.Dropout(arch.dropout)
         widths = [arch.embed_dim] + [2 * arch.hidden] * (arch.layers - 1)
         self.fwd = nn.ModuleList(nn.LSTM(w, arch.hidden, batch_first=True) for w in widths)
         self.bwd = nn.ModuleList(nn.LSTM(w, arch.hidden, batch_first=True) for w in widths)
+
+    @torch.no_grad()
+    def _set_embeddings(self, embeddings: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> None:
+        v, e, r = self.arch.vocab_size, self.arch.embed_dim, self.arch.embed_rank
+        if r is None:
+            got, want = tuple(getattr(embeddings, "shape", ())), (v, e)
+            if got != want:
+                raise ValueError(f"embeddings shape {got} != {want}")
+            self.embeddings.weight.copy_(embeddings)
+            self.embeddings.weight[PAD].zero_()
+            return
+        got_pair = [tuple(t.shape) for t in embeddings] if isinstance(embeddings, tuple | list) else None
+        if got_pair != [(v, r), (r, e)]:
+            raise ValueError(f"embed_rank {r}: expected a (lookup {(v, r)}, projection {(r, e)}) pair, got shapes {got_pair}")
+        lookup, projection = embeddings
+        self.embeddings.lookup.weight.copy_(lookup)
+        self.embeddings.lookup.weight[PAD].zero_()
+        self.embeddings.proj.weight.copy_(projection.T)  # nn.Linear keeps (out, in)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The encoder's unfreezing groups, top first (encoder_groups), then "embeddings"."""
@@ -249,7 +315,7 @@ class BiLSTMStudent(nn.Module):
     """The encoder under the head of arch.task (SequenceHead, or TokenHead for a tagger). A new head
     (a CRF's emissions, say) is one more class here and one decoder in decode.py."""
 
-    def __init__(self, arch: StudentArch, embeddings: torch.Tensor | None = None):
+    def __init__(self, arch: StudentArch, embeddings: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.arch = arch
         # Made in this order (embeddings, LSTMs, dense, classifier): the seed's draws fix every weight.
@@ -258,7 +324,7 @@ class BiLSTMStudent(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.encoder.embeddings.weight.device
+        return next(self.encoder.embeddings.parameters()).device
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Groups for gradual unfreezing, top-down: classifier (+dense), encoder, embeddings; a

@@ -73,12 +73,19 @@ def load_student(path: str | Path) -> LoadedStudent:
     for name in ("model.safetensors", "vocab.json"):
         if not (path / name).exists():
             raise UserError(f"{path}: {name} missing")
-    arch = StudentArch.from_dict(config["arch"])
+    try:  # a student saved before embed_rank existed has no such key: one (V, E) matrix, as then
+        arch = StudentArch.from_dict(config["arch"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{cfg_path}: 'arch' is not a student architecture ({err})") from None
     vocab = VocabMap.from_dict(json.loads((path / "vocab.json").read_text()))
     if len(vocab) != arch.vocab_size:
         raise UserError(f"{path}/vocab.json: {len(vocab)} ids, but the model has vocab_size {arch.vocab_size}")
     model = BiLSTMStudent(arch)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+    except RuntimeError as err:  # torch's lines after its header name the missing/unexpected/resized keys
+        why = "; ".join(line.strip().rstrip(".") for line in str(err).splitlines()[1:])
+        raise UserError(f"{path}/model.safetensors does not match config.json's arch: {why}") from None
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedStudent(model, arch, vocab, tokenizer, list(config["label_names"]), config["mode"], int(config["max_length"]), config)

@@ -173,6 +173,7 @@ class StudentConfig(Strict):
     mode: StudentMode = Field(StudentMode.soft_repr, description="labels-only | hard | soft | soft+repr")
     baseline: bool = Field(True, description="also train the labels-only baseline for the report")
     embed_dim: int = Field(96, ge=8, le=4096, description="student embedding width (SVD of the teacher's)")
+    embed_rank: int | None = Field(None, ge=2, description="factorise the embeddings into a (vocab, r) lookup times an (r, embed_dim) projection (svd init: the best rank-r approximation of the full one); None: one (vocab, embed_dim) matrix")
     embed_init: Literal["svd", "random"] = Field("svd", description="embedding initialisation")
     hidden: int = Field(96, ge=8, le=4096, description="LSTM units per direction")
     layers: int = Field(1, ge=1, le=8, description="stacked BiLSTM layers")
@@ -196,6 +197,14 @@ class StudentConfig(Strict):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device; auto picks cuda when available (CPU runs are deterministic)")
     output_dir: str | None = Field(None, description="student dirs, one per mode (default <work_dir>/student)")
+
+    @field_validator("embed_rank")
+    @classmethod
+    def _rank_within_width(cls, v: int | None, info) -> int | None:
+        dim = info.data.get("embed_dim")
+        if v is not None and dim is not None and v > dim:
+            raise ValueError(f"must be <= student.embed_dim ({dim})")
+        return v
 
 
 class EvaluateConfig(Strict):

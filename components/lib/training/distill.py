@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 
 from components.lib.contracts import data
 from components.lib.core.errors import UserError
-from components.lib.core.student import BiLSTMStudent, StudentArch, VocabMap, encoder_groups, svd_embeddings
+from components.lib.core.student import (
+    BiLSTMStudent,
+    StudentArch,
+    VocabMap,
+    encoder_groups,
+    svd_embeddings,
+    svd_factors,
+)
 from components.lib.core.task import Task
 from components.lib.settings.config import PipelineConfig, StudentMode
 from components.lib.tracking import runs as tracking
@@ -259,9 +266,13 @@ def trimmed_vocab(tokenizer, splits: list[list[np.ndarray]], s) -> VocabMap:
 
 def new_student(s, vocab: VocabMap, teacher_matrix: np.ndarray, repr_dim: int, num_labels: int,
                 task: Task = Task.sequence_classification) -> tuple[BiLSTMStudent, StudentArch, torch.device]:
-    """The student, embeddings from the SVD of the teacher's rows of the kept pieces, on its device."""
-    arch = StudentArch(len(vocab), s.embed_dim, s.hidden, s.layers, s.dropout, repr_dim, num_labels, Task(task).value)
-    emb = svd_embeddings(teacher_matrix[vocab.teacher_ids], s.embed_dim) if s.embed_init == "svd" else None
+    """The student, embeddings from the SVD of the teacher's rows of the kept pieces (one matrix, or
+    with student.embed_rank its best rank-r factorisation), on its device."""
+    arch = StudentArch(len(vocab), s.embed_dim, s.hidden, s.layers, s.dropout, repr_dim, num_labels, Task(task).value,
+                       s.embed_rank)
+    rows = teacher_matrix[vocab.teacher_ids]  # (S, H)
+    emb = (None if s.embed_init == "random" else svd_embeddings(rows, s.embed_dim) if s.embed_rank is None
+           else svd_factors(rows, s.embed_dim, s.embed_rank))
     device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else ("cpu" if s.device == "auto" else s.device))
     return BiLSTMStudent(arch, emb).to(device), arch, device
 
