@@ -52,7 +52,7 @@ def evaluate_teacher(cfg: PipelineConfig, task: EvalHooks, test: Examples, dev: 
     from components.lib.models.teacher import label_names_of
 
     path = tracking.resolve_teacher(cfg)
-    model, forward = task.load_teacher(path, cfg.teacher.max_length, cfg.evaluate.batch_size)
+    model, forward = task.load_teacher(path, cfg.teacher.max_length, cfg.evaluate.batch_size, cfg.teacher.keep_tail)
     if label_names_of(model) != label_names:
         raise UserError(f"{path}/config.json: id2label {label_names_of(model)} differs from the test split's {label_names}")
     t0 = time.perf_counter()

@@ -58,7 +58,7 @@ class EvalHooks(Protocol):
         """(test, dev) from the read splits; refuses a test split the step cannot measure."""
         ...
 
-    def load_teacher(self, path: Path | str, max_length: int, batch_size: int) -> tuple[Any, Forward]:
+    def load_teacher(self, path: Path | str, max_length: int, batch_size: int, keep_tail: int = 0) -> tuple[Any, Forward]:
         """(model, forward) of the teacher checkpoint, refused when it is not a model for this task."""
         ...
 

@@ -55,13 +55,13 @@ def examples(splits: dict[str, data.Labeled], data_dir: Path) -> tuple[Examples,
     return split_examples(splits["test"]), split_examples(splits["dev"])
 
 
-def load_teacher(path, max_length: int, batch_size: int):
+def load_teacher(path, max_length: int, batch_size: int, keep_tail: int = 0):
     from components.lib.models import teacher
 
     model, tokenizer = teacher.load_teacher(path)
 
     def forward(texts: list[str], progress=None) -> np.ndarray:  # (N, C)
-        return teacher.score(model, tokenizer, texts, max_length, batch_size, progress=progress)[0]
+        return teacher.score(model, tokenizer, texts, max_length, batch_size, progress=progress, keep_tail=keep_tail)[0]
 
     return model, forward
 

@@ -102,7 +102,7 @@ def examples(splits: dict[str, token_data.TokenLabeled], data_dir: Path) -> tupl
     return test, split_examples(splits["dev"])
 
 
-def load_teacher(path, max_length: int, batch_size: int):
+def load_teacher(path, max_length: int, batch_size: int, keep_tail: int = 0):  # keep_tail: sequence only (config refuses it here)
     from components.lib.models import teacher
 
     if not teacher.head_is_trained(path, TASK):

@@ -56,7 +56,7 @@ def fit_inputs(cfg: PipelineConfig, tokenizer, train: data.Labeled, dev: data.La
     from transformers import DataCollatorWithPadding
 
     def encode(split: data.Labeled) -> Dataset:
-        enc = tokenize_truncated(tokenizer, _texts(split), cfg.teacher.max_length)
+        enc = tokenize_truncated(tokenizer, _texts(split), cfg.teacher.max_length, cfg.teacher.keep_tail)
         return Dataset.from_dict({**enc, "labels": split.table.column("label").to_pylist()})
 
     def accuracy(pred) -> dict[str, float]:
@@ -67,7 +67,7 @@ def fit_inputs(cfg: PipelineConfig, tokenizer, train: data.Labeled, dev: data.La
 
 
 def report(model, tokenizer, train: data.Labeled, dev: data.Labeled, cfg: PipelineConfig) -> dict:
-    logits, _ = T.score(model, tokenizer, _texts(dev), cfg.teacher.max_length, cfg.transfer.batch_size)
+    logits, _ = T.score(model, tokenizer, _texts(dev), cfg.teacher.max_length, cfg.transfer.batch_size, keep_tail=cfg.teacher.keep_tail)
     labels = np.asarray(dev.table.column("label").to_numpy())
     return {"dev_accuracy": float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0}
 

@@ -154,7 +154,8 @@ def run(cfg: PipelineConfig) -> PseudoLabelResult:
     hidden = model.config.hidden_size if layer is not None else None
     meta = hooks.describe({"teacher_digest": T.weights_digest(src, model), "layer": layer,
                            "pooling": tc.pooling if tc.keep_repr else None, "label_names": names,
-                           "max_length": tc.max_length, "hidden_size": model.config.hidden_size})
+                           "max_length": tc.max_length, "hidden_size": model.config.hidden_size,
+                           **({"keep_tail": cfg.transfer_keep_tail} if cfg.transfer_keep_tail else {})})
     key_dtype = T.compute_dtype(model, device)
     scorer = f"{src}, {key_dtype} on {device.type}"  # named when its output fails the checks
     tok_threads = tc.tokenizer_threads or torch.get_num_threads()

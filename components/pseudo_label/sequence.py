@@ -39,7 +39,7 @@ def score_chunk(model, tokenizer, table: pa.Table, cfg: PipelineConfig, layer: i
     logits, reprs = [], []
     for w in range(0, len(texts), tc.sort_window):
         lg, rp = T.score(model, tokenizer, texts[w : w + tc.sort_window], tc.max_length, tc.batch_size,
-                         layer=layer, pooling=tc.pooling, progress=progress)
+                         layer=layer, pooling=tc.pooling, progress=progress, keep_tail=cfg.transfer_keep_tail)
         logits.append(lg)
         reprs.append(rp)
     return np.concatenate(logits), (np.concatenate(reprs) if layer is not None else None)

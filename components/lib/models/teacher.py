@@ -158,9 +158,9 @@ def label_names_of(model: torch.nn.Module) -> list[str]:
     return [str(id2label[i]) for i in sorted(id2label)]
 
 
-def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
-    """Tokenise without padding: (encodings as lists of ids, lengths (N,))."""
-    enc = tokenize_truncated(tokenizer, texts, max_length, padding=False)
+def token_lengths(tokenizer, texts: Sequence[str], max_length: int, keep_tail: int = 0) -> tuple[list[list[int]], np.ndarray]:
+    """Tokenise without padding: (encodings as lists of ids, lengths (N,)); keep_tail > 0: head+tail cut."""
+    enc = tokenize_truncated(tokenizer, texts, max_length, keep_tail, **({} if keep_tail else {"padding": False}))
     ids = enc["input_ids"]
     return enc, np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
@@ -185,8 +185,10 @@ def score(
     pooling: str = "cls",
     device: torch.device | str | None = None,
     progress=None,
+    keep_tail: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """logits float32 (N, C) and, when `layer` is given, that hidden layer pooled: float32 (N, H).
+    keep_tail > 0: texts longer than max_length are cut head+tail (core/truncation.py).
 
     layer indexes hidden_states (0 = embeddings, -1 = last). Batches are formed over the
     length-sorted texts and the outputs are put back in input order. `progress`, if given, is
@@ -205,7 +207,7 @@ def score(
     n_layers = model.config.num_hidden_layers + 1  # hidden_states includes the embeddings
     if layer is not None and not -n_layers <= layer < n_layers:
         raise UserError(f"layer {layer} out of range for a model with {n_layers - 1} layers (-{n_layers}..{n_layers - 1})")
-    enc, lengths = token_lengths(tokenizer, texts, max_length)
+    enc, lengths = token_lengths(tokenizer, texts, max_length, keep_tail)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     use_amp, amp_dtype = autocast_args(device)
     with torch.inference_mode():

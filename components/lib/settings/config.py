@@ -141,6 +141,7 @@ class TeacherConfig(Strict):
     head_lr: float | None = Field(None, gt=0, le=1, description="peak learning rate of the freshly initialised classifier head (None: lr); a large encoder whose final states are alike needs a larger one")
     freeze_embeddings: bool = Field(False, description="keep the word embedding matrix fixed (most of a multilingual encoder's parameters; about twice the training speed)")
     max_length: int = Field(128, ge=8, le=8192, description="tokens per example for training and scoring")
+    keep_tail: int = Field(0, ge=0, description="sequence classification: of a text longer than max_length keep its LAST keep_tail pieces and the first max_length - keep_tail - specials (head+tail truncation, Sun et al. 2019), in fine-tuning, dev and test scoring; 0 keeps the first pieces")
     patience: int = Field(3, ge=1, description="epochs without dev improvement before stopping")
     seed: int = Field(13, ge=0, description="training seed")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")
@@ -151,6 +152,7 @@ class TransferConfig(Strict):
     teacher: str | None = Field(None, description="teacher dir or MLflow URI; None uses the fine-tuned teacher")
     batch_size: int = Field(64, ge=1, description="examples per forward pass")
     max_length: int = Field(128, ge=8, le=8192, description="teacher tokens per example")
+    keep_tail: int | None = Field(None, ge=0, description="head+tail truncation of the texts pseudo-labelled (see teacher.keep_tail); None: teacher.keep_tail")
     sort_window: int = Field(4096, ge=1, description="rows sorted by length together before batching")
     chunk_rows: int = Field(4096, ge=1, description="rows per resumable output chunk")
     layer: int = Field(-1, description="hidden layer whose representation is kept (-1 = last)")
@@ -275,6 +277,21 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+
+    @model_validator(mode="after")
+    def _tails_fit(self) -> PipelineConfig:
+        for key, tail, length in (("teacher.keep_tail", self.teacher.keep_tail, self.teacher.max_length),
+                                  ("transfer.keep_tail", self.transfer_keep_tail, self.transfer.max_length)):
+            if tail and self.task != Task.sequence_classification:
+                raise ValueError(f"{key} applies to sequence classification (token classification cuts whole words at the end)")
+            if tail and tail > length - 8:
+                raise ValueError(f"{key} ({tail}) must leave a head: at most max_length - 8 = {length - 8}")
+        return self
+
+    @property
+    def transfer_keep_tail(self) -> int:
+        """The head+tail cut pseudo-labelling uses: transfer.keep_tail, else teacher.keep_tail."""
+        return self.teacher.keep_tail if self.transfer.keep_tail is None else self.transfer.keep_tail
 
     @model_validator(mode="after")
     def _languages_need_tokens(self) -> PipelineConfig:
