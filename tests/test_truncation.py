@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-
 import pytest
 
 from components.lib.core.truncation import CHARS_PER_PIECE, head, tokenize_truncated
