@@ -63,7 +63,7 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     from components import evaluate
     from components.lib.contracts import token_data
     from components.lib.core import ner_metrics
-    from components.lib.core.decode import fill_uncovered
+    from components.lib.core.decode import decode_tags, invalid_transitions
     from components.lib.models.student_io import load_student, predict_tags
     from components.lib.models.teacher import load_teacher, score_words
 
@@ -90,12 +90,25 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     student_pred = predict_tags(load_student(root / "student" / "soft_repr"), sents)
     model, tok = load_teacher(root / "teacher", task="token-classification")
     logits, _ = score_words(model, tok, sents, 48, 16)
-    teacher_pred = [[test.label_names[t] for t in fill_uncovered(lg.argmax(-1), len(s), 0)] for lg, s in zip(logits, sents, strict=True)]
-    for got, pred in ((rep["student"], student_pred), (rep["teacher"], teacher_pred)):
+    n_words = [len(s) for s in sents]
+    teacher_pred = decode_tags(logits, n_words, test.label_names, "constrained")  # evaluate.decoding's default
+    teacher_argmax = decode_tags(logits, n_words, test.label_names, "argmax")
+    student_argmax = predict_tags(load_student(root / "student" / "soft_repr"), sents, decoding="argmax")
+    assert rep["decoding"] == "constrained"
+    for got, pred, argmax in ((rep["student"], student_pred, student_argmax), (rep["teacher"], teacher_pred, teacher_argmax)):
         want = ner_metrics.entity_scores(gold, pred)
         for k in ("f1", "precision", "recall", "macro_f1", "token_accuracy", "per_type"):
             assert got[k] == want[k], k  # exact: JSON round-trips floats
         assert got["per_language"] == ner_metrics.by_language(gold, pred, langs)
+        # the decoding block: the F1 used is the headline; the other decoding's F1 and argmax's faults beside it
+        assert invalid_transitions(pred, test.label_names) == 0
+        assert got["decoding"] == {
+            "used": "constrained", "constrained_f1": got["f1"], "argmax_f1": ner_metrics.entity_scores(gold, argmax)["f1"],
+            "invalid_transitions_argmax": invalid_transitions(argmax, test.label_names),
+            "sentences_changed": sum(a != b for a, b in zip(argmax, pred, strict=True))}
+    # every model has the block (these tiny taggers' argmax tags are already valid IOB2: test_tokens.py
+    # and test_export_tokens.py exercise the repair)
+    assert all(m["decoding"]["used"] == "constrained" for m in rep["students"].values())
     # every model's language macro scores are the plain mean of its two languages' scores
     for m in (rep["teacher"], rep["student"], rep["baseline"]):
         for k in ("precision", "recall", "f1"):
@@ -143,6 +156,9 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     md = (root / "eval" / "report.md").read_text()
     assert "Entity F1 per type" in md and "| PER |" in md and "Entity F1 per language" in md and "| xx |" in md
     assert "student `labels-only`" in md and "Retention" in md
+    d = rep["teacher"]["decoding"]
+    assert "Tags decoded `constrained`" in md and (f"| teacher | {d['argmax_f1']:.3f} | {d['constrained_f1']:.3f} "
+                                                   f"| {d['invalid_transitions_argmax']} | {d['sentences_changed']} |") in md
     assert md.index("**Per-language retention**") < md.index("## What was distilled")
     assert f"mean {rep['languages_summary']['retention_mean']:.3f}" in md
     assert "| language | sentences | entities | teacher P | teacher R | teacher F1 | baseline P" in md
@@ -155,6 +171,7 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
     assert run.data.tags["distilflow.step"] == "evaluate" and run.data.tags["distilflow.task"] == "token-classification"
     assert run.data.metrics["retention"] == pytest.approx(rep["retention"])
     assert run.data.metrics["student.f1"] == pytest.approx(rep["student"]["f1"])
+    assert run.data.metrics["teacher.decoding.argmax_f1"] == pytest.approx(rep["teacher"]["decoding"]["argmax_f1"])
     assert run.data.metrics["students.soft_repr.per_language.xx.f1"] == pytest.approx(rep["student"]["per_language"]["xx"]["f1"])
     assert "baseline.f1" in run.data.metrics
     for who in ("teacher", "student", "baseline"):

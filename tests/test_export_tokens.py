@@ -73,11 +73,11 @@ def test_tagger_onnx_parity_dynamic_axes_and_int8(student_fixture, request, tmp_
     for a, b in zip(onnx_predict_word_logits(sess, st, sents), ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     gold = ner_metrics.tag_names(tags, NER_TAGS)
-    f1 = onnx_f1(sess, st, sents, gold)
+    f1 = onnx_f1(sess, st, sents, gold, "constrained")
     assert f1 > 0.5  # the tiny tagger learned the task, so the int8 comparison means something
     q = quantize_int8(path, tmp_path / "m8.onnx")
     assert q.stat().st_size < path.stat().st_size
-    assert onnx_f1(ort_session(q, 1), st, sents, gold) >= f1 - 0.1
+    assert onnx_f1(ort_session(q, 1), st, sents, gold, "constrained") >= f1 - 0.1
 
 
 def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):
@@ -104,7 +104,7 @@ def test_tagger_pyfunc_returns_the_students_spans(student_fixture, request, tmp_
 
     st = load_student(tiny_tagger_dir)
     bundle = pyfunc_bundle(tiny_tagger_dir, export_onnx(st, tmp_path / "model.onnx", 17), st, tmp_path / "student",
-                           {"task": "token-classification", "pretokenizer": "words"})
+                           {"task": "token-classification", "pretokenizer": "words", "decoding": "constrained"})
     assert not list(bundle.glob("*.safetensors"))  # ONNX only: no torch needed to serve
     model = StudentTokenTagger()
     model._load(bundle)
@@ -120,7 +120,8 @@ def test_tagger_pyfunc_returns_the_students_spans(student_fixture, request, tmp_
     words = [[w for w, _, _ in pretokenize(t)] for t in TEXTS]
     assert out["tags"].tolist() == predict_tags(st, words)
     assert len(out["tags"][4]) == len(words[4]) and set(out["tags"][4][MAX_LEN:]) == {"O"}
-    # score: the mean over the span's words of the max softmax probability
+    # score: the mean over the span's words of their decoded tag's softmax probability (here the argmax's:
+    # this tagger's argmax tags are valid IOB2)
     first = out["entities"][0][0]
     ws = pretokenize(TEXTS[0])
     a = next(i for i, w in enumerate(ws) if w[1] == first["start"])
@@ -130,6 +131,41 @@ def test_tagger_pyfunc_returns_the_students_spans(student_fixture, request, tmp_
     # other input shapes MLflow passes through
     assert model.predict(None, TEXTS[:2])["tags"].tolist() == out["tags"].tolist()[:2]
     assert model.predict(None, TEXTS[1])["entities"].tolist() == out["entities"].tolist()[1:2]
+
+
+def test_tagger_pyfunc_decodes_constrained_where_argmax_breaks_iob2(tiny_tagger_dir, tmp_path):
+    """A tagger pushed towards I-PER (its classifier bias raised) emits O I-PER and I-PER at sentence
+    start under argmax: the pyfunc's tags are core/decode.py's constrained decoding of the same logits
+    (never a forbidden transition), and a bundle saved without `decoding` still decodes by argmax."""
+    from components.lib.core.decode import decode_tags, invalid_transitions
+    from components.lib.core.tokens import pretokenize
+    from components.lib.models.student_io import load_student, predict_word_logits
+    from components.lib.publish.onnx import export_onnx
+    from components.lib.publish.pyfunc import PYFUNC_CONFIG, StudentTokenTagger
+    from components.lib.publish.registry import pyfunc_bundle
+
+    st = load_student(tiny_tagger_dir)
+    with torch.no_grad():
+        st.model.head.out.classifier.bias[NER_TAGS.index("I-PER")] += 14.0  # its logits span about ±25
+    texts = TEXTS + [" ".join(s) for s in make_ner_sentences(30, seed=3)[0]]
+    sents = [[w for w, _, _ in pretokenize(t)] for t in texts]
+    logits = predict_word_logits(st, sents)
+    n_words = [len(s) for s in sents]
+    argmax = decode_tags(logits, n_words, NER_TAGS, "argmax")
+    want = decode_tags(logits, n_words, NER_TAGS, "constrained")
+    assert invalid_transitions(argmax, NER_TAGS) > 5 and invalid_transitions(want, NER_TAGS) == 0 and want != argmax
+
+    onnx = export_onnx(st, tmp_path / "model.onnx", 17)
+    bundle = pyfunc_bundle(tiny_tagger_dir, onnx, st, tmp_path / "student",
+                           {"task": "token-classification", "pretokenizer": "words", "decoding": "constrained"})
+    model = StudentTokenTagger()
+    model._load(bundle)
+    assert model.predict(None, texts)["tags"].tolist() == want
+    conf = json.loads((bundle / PYFUNC_CONFIG).read_text())
+    del conf["decoding"]  # as exported before decodings existed
+    (bundle / PYFUNC_CONFIG).write_text(json.dumps(conf))
+    model._load(bundle)
+    assert model.predict(None, texts)["tags"].tolist() == argmax
 
 
 def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_work_dir, tmp_path):
@@ -144,6 +180,8 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
     summary = json.loads((out / "export_summary.json").read_text())
     assert res.parity_max_abs_diff <= 1e-4 and summary["onnx"]["parity_max_abs_diff"] == res.parity_max_abs_diff
     assert summary["task"] == "token-classification" and summary["metric"] == "f1" and summary["pretokenizer"] == "words"
+    assert summary["decoding"] == "constrained"
+    assert json.loads((out / "pyfunc" / "artifacts" / "student" / "pyfunc.json").read_text())["decoding"] == "constrained"
     rep = json.loads((evaluated_ner_work_dir / "eval" / "report.json").read_text())
     assert summary["f1"] == rep["student"]["f1"] and summary["retention"] == rep["retention"]
     assert res.dev_f1_fp32 == pytest.approx(rep["dev"]["student"], abs=1e-9)  # ONNX tags = torch tags on the dev split
@@ -163,6 +201,16 @@ def test_token_export_without_tracking_round_trips_through_mlflow(evaluated_ner_
     assert got == want and sum(map(len, got)) >= 4
     assert all(t[e["start"]:e["end"]] == e["text"] for t, ents in zip(TEXTS, pred["entities"], strict=True) for e in ents)
     assert loaded.predict(TEXTS)["entities"].tolist() == pred["entities"].tolist()
+    # the served tags are evaluate's: its decoding (report.json's) of the student's logits on the same sentences
+    from components.evaluate.hooks import Examples
+    from components.evaluate.tokens import predicted_tags
+    from components.lib.core.tokens import pretokenize
+    from components.lib.models.student_io import predict_word_logits
+
+    words = [[w for w, _, _ in pretokenize(t)] for t in TEXTS]
+    student = load_student(cfg.student_dir(cfg.student.mode))
+    evaluated = predicted_tags(predict_word_logits(student, words), Examples(words, None, None), student.label_names, rep["decoding"])
+    assert pred["tags"].tolist() == evaluated
 
 
 def test_exported_tagger_gives_the_same_spans_in_a_fresh_process(evaluated_ner_work_dir, tmp_path):
@@ -212,6 +260,11 @@ def test_token_export_refuses_a_classification_report(evaluated_ner_work_dir, tm
     (root / "eval" / "report.json").write_text(json.dumps({**rep, "metric": "accuracy"}))
     with pytest.raises(UserError, match="metric is 'accuracy'"):
         export.run(ner_cfg(root, None))
+    # a report decoded otherwise than evaluate.decoding says: its dev scores are not the tagger's to ship
+    (root / "eval" / "report.json").write_text(json.dumps({**rep, "decoding": "argmax"}))
+    with pytest.raises(UserError, match=r"report.json: tags were decoded 'argmax' but evaluate.decoding is 'constrained'"):
+        export.run(ner_cfg(root, None, export={"output_dir": str(tmp_path / "x")}))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.integration

@@ -36,7 +36,7 @@ def _save(model_dir: Path, student_dir: Path, out: Path, tagger: bool) -> Path:
     from components.lib.publish.registry import pyfunc_bundle, pyfunc_code_paths
 
     st = load_student(student_dir)
-    extra = {"task": "token-classification", "pretokenizer": "words"} if tagger else None
+    extra = {"task": "token-classification", "pretokenizer": "words", "decoding": "constrained"} if tagger else None
     bundle = pyfunc_bundle(student_dir, export_onnx(st, out / "model.onnx", 17), st, out / "student", extra)
     task = tokens if tagger else sequence
     kwargs = task.pyfunc_kwargs(bundle, pyfunc_code_paths(out / "code", task.CODE_MODULES), ["a b", "c d"], st.label_names)

@@ -136,8 +136,119 @@ def test_ragged_round_trip_through_parquet(tmp_path):
     np.testing.assert_allclose(r, np.concatenate(reprs).astype(np.float16).astype(np.float32))
 
 
-def test_decode_tags_is_the_argmax_of_each_covered_word_and_o_past_the_cut():
+def test_argmax_decoding_is_the_best_tag_of_each_covered_word_and_o_past_the_cut():
     names = ["B-PER", "I-PER", "O"]
     logits = [np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]]), np.zeros((0, 3))]  # 2 of 3 words covered; none
-    assert decode.decode_tags(logits, [3, 2], names) == [["B-PER", "I-PER", "O"], ["O", "O"]]
+    want = [["B-PER", "I-PER", "O"], ["O", "O"]]
+    assert decode.decode_tags(logits, [3, 2], names, "argmax") == want
+    assert decode.decode_tags(logits, [3, 2], names, "constrained") == want  # already a valid sequence
     assert decode.outside_index(["B-X", "o"]) == 1 and decode.outside_index(["B-X"]) == 0
+    with pytest.raises(ValueError, match="unknown decoding 'crf'"):
+        decode.decoder(names, "crf")
+
+
+# ---------------------------------------------------------------- constrained decoding
+
+IOB2 = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+IOBES = ["O"] + [f"{p}-{t}" for t in ("PER", "LOC") for p in "BIES"]
+BILOU = ["O"] + [f"{p}-{t}" for t in ("PER", "LOC") for p in "BILU"]
+
+
+def _probs(*rows: list[float]) -> np.ndarray:
+    """Logits whose softmax is exactly these rows (log of probabilities that sum to 1)."""
+    return np.log(np.array(rows, dtype=np.float64))
+
+
+def test_constrained_fixes_o_then_i_as_the_scores_imply():
+    names = ["O", "B-PER", "I-PER"]
+    # argmax: O I-PER. Allowed paths and their probabilities: B I 0.4*0.7=0.28 > O O 0.5*0.2=0.10 > B O 0.08
+    lg = _probs([0.5, 0.4, 0.1], [0.2, 0.1, 0.7])
+    assert decode.decode_tags([lg], [2], names, "argmax") == [["O", "I-PER"]]
+    assert decode.decode_tags([lg], [2], names, "constrained") == [["B-PER", "I-PER"]]
+    # a weak B-PER: O O 0.8*0.3=0.24 > O B 0.08 > B I 0.1*0.6=0.06
+    lg = _probs([0.8, 0.1, 0.1], [0.3, 0.1, 0.6])
+    assert decode.decode_tags([lg], [2], names, "constrained") == [["O", "O"]]
+    # I-PER cannot start a sentence: of the allowed tags B-PER 0.35 > O 0.05
+    lg = _probs([0.05, 0.35, 0.6])
+    assert decode.decode_tags([lg], [1], names, "constrained") == [["B-PER"]]
+    # I-LOC after B-PER: another type does not continue it; B-PER B-LOC 0.5*0.3 > B-PER I-PER 0.5*0.2 > B-LOC I-LOC 0.04
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    lg = _probs([0.1, 0.5, 0.2, 0.1, 0.1], [0.05, 0.05, 0.2, 0.3, 0.4])
+    assert decode.decode_tags([lg], [2], names, "argmax") == [["B-PER", "I-LOC"]]
+    assert decode.decode_tags([lg], [2], names, "constrained") == [["B-PER", "B-LOC"]]
+    assert decode.invalid_transitions([["B-PER", "I-LOC"], ["I-PER"], ["O", "I-PER", "I-PER"]], names) == 3
+
+
+def test_iobes_closes_entities_also_before_the_cut():
+    # argmax B-PER alone: an entity left open. Best closed tag: S-PER 0.25 > O 0.15
+    lg = _probs([0.15, 0.5, 0.05, 0.05, 0.25])
+    names = IOBES[:5]  # O B-PER I-PER E-PER S-PER
+    assert decode.decode_tags([lg], [1], names, "argmax") == [["B-PER"]]
+    assert decode.decode_tags([lg], [1], names, "constrained") == [["S-PER"]]
+    # cut off after the first word: the O that follows must not follow an open B-PER either
+    assert decode.decode_tags([lg], [3], names, "constrained") == [["S-PER", "O", "O"]]
+    # argmax B-PER I-PER ends inside the entity; the best closed pair is B-PER E-PER 0.6*0.35 (S-PER O 0.01, O O 0.01)
+    lg = _probs([0.1, 0.6, 0.1, 0.1, 0.1], [0.1, 0.05, 0.45, 0.35, 0.05])
+    assert decode.decode_tags([lg], [2], names, "argmax") == [["B-PER", "I-PER"]]
+    assert decode.decode_tags([lg], [2], names, "constrained") == [["B-PER", "E-PER"]]
+
+
+def _valid_path(rng, allowed, n: int) -> np.ndarray:
+    start, trans, end = allowed
+    while True:  # a random walk over allowed transitions, kept when it may end
+        path = [rng.choice(np.flatnonzero(start == 0))]
+        for _ in range(n - 1):
+            path.append(rng.choice(np.flatnonzero(trans[path[-1]] == 0)))
+        if end[path[-1]] == 0:
+            return np.array(path)
+
+
+@pytest.mark.parametrize("names", [IOB2, IOBES, BILOU], ids=["iob2", "iobes", "bilou"])
+def test_constrained_never_emits_a_forbidden_transition_and_equals_a_valid_argmax(names):
+    rng = np.random.default_rng(0)
+    allowed = decode.allowed_transitions(names)
+    invalid_argmax = 0
+    for _ in range(400):
+        n = int(rng.integers(1, 25))
+        n_words = n + int(rng.integers(0, 3))  # some sentences run past max_length
+        lg = rng.normal(0, 3, (n, len(names))).astype(np.float32)
+        tags = decode.decode_tags([lg], [n_words], names, "constrained")
+        assert len(tags[0]) == n_words and decode.invalid_transitions(tags, names) == 0, tags
+        argmax = decode.decode_tags([lg], [n_words], names, "argmax")
+        invalid_argmax += decode.invalid_transitions(argmax, names) > 0
+        if decode.invalid_transitions(argmax, names) == 0:
+            assert tags == argmax
+        # logits whose argmax is a valid sequence: constrained decoding leaves it as it is
+        path = _valid_path(rng, allowed, n)
+        lg[np.arange(n), path] = lg.max(axis=1) + rng.uniform(0.01, 1.0, n)
+        assert decode.decode_tags([lg], [n], names, "constrained") == [[names[k] for k in path]]
+        assert decode.viterbi(decode.log_softmax(lg), *allowed)[0].tolist() == path.tolist()  # not only the shortcut
+    assert invalid_argmax > 100  # random logits break the scheme often, so the property was exercised
+
+
+@pytest.mark.parametrize("names", [IOB2[:5], IOBES[:5]], ids=["iob2", "iobes"])
+def test_viterbi_finds_the_best_allowed_sequence(names):
+    """Against brute force over every sequence of up to 4 words: the decoded one has the highest
+    log-softmax score among the allowed ones."""
+    import itertools
+
+    rng = np.random.default_rng(1)
+    start, trans, end = decode.allowed_transitions(names)
+    for _ in range(60):
+        n = int(rng.integers(1, 5))
+        lg = rng.normal(0, 2, (n, len(names)))
+        em = decode.log_softmax(lg)
+        best = max((start[p[0]] + end[p[-1]] + sum(trans[a, b] for a, b in itertools.pairwise(p)) + em[np.arange(n), p].sum(), p)
+                   for p in itertools.product(range(len(names)), repeat=n))
+        got = decode.decoder(names, "constrained")(lg, n)
+        assert np.isfinite(best[0]) and em[np.arange(n), got].sum() == pytest.approx(best[0])
+
+
+@pytest.mark.parametrize("names", [["O"], ["O", "PER", "LOC"], ["O", "B-PER", "I-PER", "MISC"]], ids=["o", "plain", "mixed"])
+def test_tag_sets_without_a_scheme_decode_by_argmax(names):
+    rng = np.random.default_rng(2)
+    assert decode.allowed_transitions(names) is None
+    logits = [rng.normal(0, 3, (int(rng.integers(0, 12)), len(names))) for _ in range(50)]
+    n_words = [len(x) + 1 for x in logits]
+    assert decode.decode_tags(logits, n_words, names, "constrained") == decode.decode_tags(logits, n_words, names, "argmax")
+    assert decode.invalid_transitions(decode.decode_tags(logits, n_words, names, "argmax"), names) == 0

@@ -147,9 +147,9 @@ def set_up(cfg: PipelineConfig, task: DistillHooks, inputs: Inputs, out_dir: Pat
                    {name: firsts for name, (_, firsts) in pieces.items()})
 
 
-def phase_rows(task: DistillHooks, inputs: Inputs, st: StudentSetup, mode: StudentMode, s) -> PhaseRows:
-    train = task.labeled_rows(inputs.splits["train"], st.seqs["train"], st.firsts["train"])
-    dev = task.labeled_rows(inputs.splits["dev"], st.seqs["dev"], st.firsts["dev"])
+def phase_rows(task: DistillHooks, inputs: Inputs, st: StudentSetup, mode: StudentMode, s, decoding: str) -> PhaseRows:
+    train = task.labeled_rows(inputs.splits["train"], st.seqs["train"], st.firsts["train"], decoding)
+    dev = task.labeled_rows(inputs.splits["dev"], st.seqs["dev"], st.firsts["dev"], decoding)
     transfer = val = hard = None
     if inputs.targets is not None:
         transfer = task.transfer_rows(st.seqs["transfer"], st.firsts["transfer"], inputs.targets)
@@ -197,9 +197,9 @@ def run(cfg: PipelineConfig, *, on_epoch: Callable[[dict], None] | None = None) 
     out_dir = cfg.student_dir(mode)
     inputs = read_inputs(cfg, task, mode)
     st = set_up(cfg, task, inputs, out_dir)
-    rows = phase_rows(task, inputs, st, mode, s)
+    rows = phase_rows(task, inputs, st, mode, s, cfg.evaluate.decoding)
     phases = plan(mode, s)
-    fingerprint = run_fingerprint(s, inputs.sources, st.teacher_path, len(st.vocab))
+    fingerprint = run_fingerprint(s, inputs.sources, st.teacher_path, len(st.vocab), cfg.evaluate.decoding)
     ckpt_path = checkpoint_path(out_dir)
     log.info("%s %s on %s: %d params, vocab %d, phases %s", task.NOUN, mode.value, st.device, count_parameters(st.model),
              len(st.vocab), [p.name for p in phases])

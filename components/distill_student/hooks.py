@@ -57,8 +57,9 @@ class DistillHooks(Protocol):
         max_length, the sources' bytes)."""
         ...
 
-    def labeled_rows(self, split: Any, seqs: list[np.ndarray], firsts: list[np.ndarray] | None) -> TaskRows:
-        """A labeled split (train or dev) in student ids with its gold targets."""
+    def labeled_rows(self, split: Any, seqs: list[np.ndarray], firsts: list[np.ndarray] | None, decoding: str) -> TaskRows:
+        """A labeled split (train or dev) in student ids with its gold targets; `decoding`
+        (evaluate.decoding) is how a tagger's dev score turns logits into tags."""
         ...
 
     def transfer_rows(self, seqs: list[np.ndarray], firsts: list[np.ndarray] | None,

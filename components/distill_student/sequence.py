@@ -93,7 +93,8 @@ def teacher_pieces(cache_dir: Path, tokenizer, max_length: int, texts: dict[str,
     return {name: (ids, None) for name, ids in cached_token_ids(cache_dir, tokenizer, max_length, texts, sources).items()}
 
 
-def labeled_rows(split: data.Labeled, seqs: list[np.ndarray], firsts: None) -> Rows:
+def labeled_rows(split: data.Labeled, seqs: list[np.ndarray], firsts: None, decoding: str) -> Rows:
+    """A labeled split's rows (`decoding` is the tagger's: a class needs none)."""
     return Rows(seqs, labels=split.table.column("label").to_numpy().astype(np.int64))
 
 

@@ -11,7 +11,7 @@ student_io.word_ids). A word's target and output live on its first piece. Per-wo
   repr     the teacher's per-word state of layer transfer.layer vs the projected state (stage 1)
 Every loss is a mean over real words (losses.token_*): pads, later sub-pieces, special tokens and
 words past the student's max_length carry no target. Dev selection is entity F1 on the dev split
-(ner_metrics.entity_scores, cut-off words predicted O); stage 1 early-stops on the repr loss of a
+(ner_metrics.entity_scores, cut-off words predicted O, tags decoded by evaluate.decoding); stage 1 early-stops on the repr loss of a
 held-out slice of the transfer set, as for the classifier. Piece ids are cached as words-<key>.npz.
 """
 
@@ -28,7 +28,7 @@ import torch
 
 from components.lib.contracts import data, token_data
 from components.lib.core import losses
-from components.lib.core.decode import decode_words, outside_index
+from components.lib.core.decode import decoder
 from components.lib.core.errors import DataError
 from components.lib.core.ner_metrics import entity_scores
 from components.lib.core.student import BiLSTMStudent
@@ -76,6 +76,7 @@ class WordRows:
     firsts: list[np.ndarray] | None = None  # first piece of every covered word (duplicates kept)
     gold: list[list[str]] | None = None  # the tag names of every word, cut-off words included
     names: list[str] | None = None  # tag names in index order
+    decoding: str | None = None  # how the dev score decodes tags (evaluate.decoding, core/decode.py)
 
     def subset(self, idx: np.ndarray) -> WordRows:
         # The flat targets are shared: the word indices stay valid.
@@ -129,10 +130,11 @@ def cached_word_ids(
 teacher_pieces = cached_word_ids
 
 
-def labeled_rows(split: token_data.TokenLabeled, seqs: list[np.ndarray], firsts: list[np.ndarray]) -> WordRows:
+def labeled_rows(split: token_data.TokenLabeled, seqs: list[np.ndarray], firsts: list[np.ndarray], decoding: str) -> WordRows:
     tags, offsets = token_data.ragged_to_numpy(split.table.column("tags"), np.int64)
     gold = [[split.label_names[t] for t in row] for row in split.table.column("tags").to_pylist()]
-    return word_rows(seqs, firsts, offsets, labels=tags, firsts=firsts, gold=gold, names=split.label_names)
+    return word_rows(seqs, firsts, offsets, labels=tags, firsts=firsts, gold=gold, names=split.label_names,
+                     decoding=decoding)
 
 
 def transfer_rows(seqs: list[np.ndarray], firsts: list[np.ndarray], targets: dict[str, np.ndarray]) -> WordRows:
@@ -205,7 +207,7 @@ def evaluate_phase(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: WordR
     held-out transfer rows' per-word repr loss decides instead."""
     model.eval()
     device = model.device
-    outside = outside_index(dev.names)
+    decode = decoder(dev.names, dev.decoding)
     pred: list[list[str]] = [[] for _ in dev.seqs]
     loss_sum, n_words = 0.0, 0
     for idx in length_batches(np.array([len(x) for x in dev.seqs]), 256):
@@ -213,7 +215,7 @@ def evaluate_phase(phase: Phase, model: BiLSTMStudent, dev: WordRows, val: WordR
         logits = model.logits(ids, mask).float()  # (B, T, C)
         host = logits.cpu().numpy()  # (B, T, C)
         for r, i in enumerate(idx):
-            pred[i] = [dev.names[k] for k in decode_words(host[r, dev.firsts[i]], len(dev.gold[i]), outside)]
+            pred[i] = [dev.names[k] for k in decode(host[r, dev.firsts[i]], len(dev.gold[i]))]
         k = int(words.sum())
         loss_sum += float(losses.token_hard_ce(logits, scatter_words(dev.labels, where, tuple(ids.shape), device), words)) * k
         n_words += k

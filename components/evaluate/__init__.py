@@ -61,7 +61,7 @@ def evaluate_teacher(cfg: PipelineConfig, task: EvalHooks, test: Examples, dev: 
     task.log.info(task.LINES.scored, len(test.inputs), time.perf_counter() - t0)
     speed, lat = timings(forward, test.inputs, cfg)
     out, pred = task.scores(logits, test, label_names, cfg)
-    out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names)
+    out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names, cfg)
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=cfg.teacher.max_length,
                params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
                throughput=speed, latency_ms=lat)
@@ -83,7 +83,7 @@ def evaluate_student(cfg: PipelineConfig, task: EvalHooks, path: Path, test: Exa
     onnx_path = export_onnx(st, scratch / f"{st.mode.replace('+', '_')}.onnx", cfg.export.opset)
     session = ort_session(onnx_path, cfg.evaluate.num_threads)
     speed_onnx, lat_onnx = timings(lambda batch: onnx_forward(session, batch), test.inputs, cfg)
-    out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names)
+    out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names, cfg)
     out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=task.agreement(pred, teacher_pred),
                params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
                onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,

@@ -70,7 +70,7 @@ class EvalHooks(Protocol):
         """(test metrics of one model, its predictions as agreement() reads them)."""
         ...
 
-    def dev_scores(self, logits: Any, ex: Examples, label_names: list[str]) -> dict:
+    def dev_scores(self, logits: Any, ex: Examples, label_names: list[str], cfg: PipelineConfig) -> dict:
         """The dev-split scores export decides on (METRIC among them)."""
         ...
 

@@ -79,7 +79,7 @@ def scores(logits: np.ndarray, ex: Examples, label_names: list[str], cfg: Pipeli
     return report.classification_metrics(logits, ex.gold, label_names, cfg.evaluate.ece_bins), logits
 
 
-def dev_scores(logits: np.ndarray, ex: Examples, label_names: list[str]) -> dict:
+def dev_scores(logits: np.ndarray, ex: Examples, label_names: list[str], cfg: PipelineConfig) -> dict:
     """accuracy and macro-F1 on the dev split (what export decides on)."""
     m = report.classification_metrics(logits, ex.gold, label_names, 1)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}

@@ -5,7 +5,9 @@ Quality is entity-level precision/recall/F1 (seqeval, exact span match) overall,
 and per language when the test table has a `lang` column (then also their unweighted mean over
 languages, each student's OOV share of test pieces and a per-language retention summary), plus
 word-level tag agreement with the teacher. Speed is sentences/s. Words past a model's max_length
-count as O (the alignment rule). Every model is also scored (entity F1) on the dev split,
+count as O (the alignment rule). Tags are decoded by evaluate.decoding (core/decode.py); each
+model's `decoding` block also gives its test entity F1 under the other decoding and how often its
+argmax tags break the tag scheme, report.json's `decoding` the one used. Every model is also scored (entity F1) on the dev split,
 report.json's `dev` block: export decides int8 keep/drop and the champion gate on those, never on
 test. The plots are entity F1 vs speed, per type and (with languages) per language.
 """
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from components.evaluate.hooks import Examples, LogLines
 from components.lib.contracts import token_data
 from components.lib.core import ner_metrics
-from components.lib.core.decode import decode_tags
+from components.lib.core.decode import DECODINGS, decode_tags, invalid_transitions
 from components.lib.core.errors import UserError
 from components.lib.core.task import Task
 from components.lib.evaluation import report, report_md
@@ -127,24 +129,35 @@ def load_student(path: Path, batch_size: int):
             lambda session, sentences: onnx_predict_word_logits(session, st, sentences, batch_size))
 
 
-def predicted_tags(logits: list, ex: Examples, label_names: list[str]) -> list[list[str]]:
-    return decode_tags(logits, [len(x) for x in ex.inputs], label_names)
+def predicted_tags(logits: list, ex: Examples, label_names: list[str], decoding: str) -> list[list[str]]:
+    return decode_tags(logits, [len(x) for x in ex.inputs], label_names, decoding)
+
+
+def decoding_block(logits: list, ex: Examples, label_names: list[str], used: str, pred: list[list[str]]) -> dict:
+    """The decoding used and what the other would give: entity F1 under each, the forbidden
+    transitions in the argmax tags (what constrained decoding repairs), sentences the two tag differently."""
+    tags = {used: pred} | {d: predicted_tags(logits, ex, label_names, d) for d in DECODINGS if d != used}
+    return {"used": used, **{f"{d}_f1": ner_metrics.entity_scores(ex.gold, tags[d])["f1"] for d in DECODINGS},
+            "invalid_transitions_argmax": invalid_transitions(tags["argmax"], label_names),
+            "sentences_changed": sum(a != b for a, b in zip(tags["argmax"], tags["constrained"], strict=True))}
 
 
 def scores(logits: list, ex: Examples, label_names: list[str], cfg: PipelineConfig) -> tuple[dict, list[list[str]]]:
-    """entity_scores, plus per_language when the test split has languages; and the predicted tags."""
-    pred = predicted_tags(logits, ex, label_names)
+    """entity_scores, plus per_language when the test split has languages and the decoding block;
+    and the predicted tags."""
+    pred = predicted_tags(logits, ex, label_names, cfg.evaluate.decoding)
     out = ner_metrics.entity_scores(ex.gold, pred)
     if ex.langs is not None:
         out["per_language"] = ner_metrics.by_language(ex.gold, pred, ex.langs)
         macro = ner_metrics.macro_over_languages(out["per_language"])
         out.update({f"language_macro_{k}": v for k, v in macro.items()})
+    out["decoding"] = decoding_block(logits, ex, label_names, cfg.evaluate.decoding, pred)
     return out, pred
 
 
-def dev_scores(logits: list, ex: Examples, label_names: list[str]) -> dict:
-    """Entity precision/recall/F1 on the dev split (what export decides on)."""
-    m = ner_metrics.entity_scores(ex.gold, predicted_tags(logits, ex, label_names))
+def dev_scores(logits: list, ex: Examples, label_names: list[str], cfg: PipelineConfig) -> dict:
+    """Entity precision/recall/F1 on the dev split (what export decides on), decoded as test is."""
+    m = ner_metrics.entity_scores(ex.gold, predicted_tags(logits, ex, label_names, cfg.evaluate.decoding))
     return {k: m[k] for k in ("f1", "precision", "recall")}
 
 
@@ -158,7 +171,7 @@ def student_fields(student, ex: Examples) -> dict:
 
 
 def complete_report(rep: dict, test: Examples) -> dict:
-    rep = {"task": TASK.value, **rep}
+    rep = {"task": TASK.value, **rep, "decoding": rep["teacher"]["decoding"]["used"]}  # what export must ship
     rep["test_words"] = sum(len(s) for s in test.inputs)
     rep["entity_types"] = sorted({t for m in (rep["teacher"], *rep["students"].values()) for t in m["per_type"]})
     rep["languages"] = sorted(set(test.langs)) if test.langs is not None else None

@@ -52,7 +52,7 @@ def build(task: ExportHooks, cfg: PipelineConfig, student, student_dir: Path, de
 
     ec = cfg.export
     onnx_path = export_onnx(student, out / "model.onnx", ec.opset)
-    worst, score = task.check_onnx(student, ort_session(onnx_path, ec.num_threads), dev)
+    worst, score = task.check_onnx(student, ort_session(onnx_path, ec.num_threads), dev, cfg)
     key = f"dev_{task.METRIC}"
     q = {key: None, "kept": False, "reason": "export.quantize is false", "path": None}
     if ec.quantize:

@@ -39,7 +39,7 @@ class ExportHooks(Protocol):
     def read_dev(self, cfg: PipelineConfig, rep: dict) -> Dev:
         """cfg.data_dir/dev.parquet, after checking evaluate's report `rep` is this task's."""
 
-    def check_onnx(self, student: Any, session: Any, dev: Dev) -> tuple[float, float]:
+    def check_onnx(self, student: Any, session: Any, dev: Dev, cfg: PipelineConfig) -> tuple[float, float]:
         """(max |Δlogit| against torch, the graph's dev score), logged; raises ParityError."""
 
     def quantize(self, fp32: Path, out: Path, student: Any, dev: Dev, base: float, cfg: PipelineConfig) -> dict:

@@ -62,7 +62,7 @@ def dev_accuracy(session, student, dev: Dev) -> float:
     return float((onnx_predict_logits(session, student, dev.items).argmax(1) == dev.gold).mean())
 
 
-def check_onnx(student, session, dev: Dev) -> tuple[float, float]:
+def check_onnx(student, session, dev: Dev, cfg: PipelineConfig) -> tuple[float, float]:
     worst = check_parity(student, session, dev.items)
     acc = dev_accuracy(session, student, dev)
     log.info("ONNX parity on %d dev texts: max |Δlogit| %.2e; dev accuracy %.4f", len(dev.items), worst, acc)

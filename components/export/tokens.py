@@ -1,6 +1,8 @@
 """export's hooks for token classification (components/export/hooks.py ExportHooks): per-word
 ONNX parity, dev entity F1 for the int8 keep/drop, and the pyfunc that takes raw sentences and
-returns entity spans with character offsets. The flow around them is components/export/__init__.py's.
+returns entity spans with character offsets. Tags are decoded as evaluate decoded them (report.json's
+`decoding`, which must be evaluate.decoding), and pyfunc.json stores that decoding for the tagger.
+The flow around them is components/export/__init__.py's.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ def read_dev(cfg: PipelineConfig, rep: dict) -> Dev:
     if rep.get("metric") != METRIC:
         raise UserError(f"{cfg.eval_dir / 'report.json'}: metric is {rep.get('metric')!r}, not the token report's 'f1' "
                         "(re-run evaluate with task token-classification)")
+    used = rep.get("decoding", "argmax")  # a report from before constrained decoding existed was argmax's
+    if used != cfg.evaluate.decoding:
+        raise UserError(f"{cfg.eval_dir / 'report.json'}: tags were decoded {used!r} but evaluate.decoding is "
+                        f"{cfg.evaluate.decoding!r}; re-run evaluate (or set evaluate.decoding={used})")
     dev = token_data.read_token_labeled(cfg.data_dir / "dev.parquet")
     sentences = dev.table.column("tokens").to_pylist()
     gold = ner_metrics.tag_names(dev.table.column("tags").to_pylist(), dev.label_names)
@@ -76,14 +82,15 @@ def read_dev(cfg: PipelineConfig, rep: dict) -> Dev:
 
 # ---------------------------------------------------------------- ONNX
 
-def onnx_f1(session, student, sentences, gold: list[list[str]], batch_size: int = 256) -> float:
-    pred = decode_tags(onnx_predict_word_logits(session, student, sentences, batch_size), [len(x) for x in sentences], student.label_names)
+def onnx_f1(session, student, sentences, gold: list[list[str]], decoding: str, batch_size: int = 256) -> float:
+    logits = onnx_predict_word_logits(session, student, sentences, batch_size)
+    pred = decode_tags(logits, [len(x) for x in sentences], student.label_names, decoding)
     return ner_metrics.entity_scores(gold, pred)["f1"]
 
 
-def check_onnx(student, session, dev: Dev) -> tuple[float, float]:
+def check_onnx(student, session, dev: Dev, cfg: PipelineConfig) -> tuple[float, float]:
     worst = check_word_parity(student, session, dev.items)
-    f1 = onnx_f1(session, student, dev.items, dev.gold)
+    f1 = onnx_f1(session, student, dev.items, dev.gold, cfg.evaluate.decoding)
     log.info("ONNX parity on %d dev sentences: max |Δlogit| %.2e; dev entity F1 %.4f", len(dev.items), worst, f1)
     return worst, f1
 
@@ -92,7 +99,7 @@ def quantize(fp32: Path, out: Path, student, dev: Dev, base: float, cfg: Pipelin
     bs = cfg.evaluate.batch_size
     return try_int8(
         fp32, out, cfg, metric="dev_f1", label="dev entity F1", base=base, items=dev.items, unit="sentences",
-        measure=lambda sess: onnx_f1(sess, student, dev.items, dev.gold),
+        measure=lambda sess: onnx_f1(sess, student, dev.items, dev.gold, cfg.evaluate.decoding),
         predict=lambda sess, b: onnx_predict_word_logits(sess, student, b, bs),
     )
 
@@ -100,8 +107,10 @@ def quantize(fp32: Path, out: Path, student, dev: Dev, base: float, cfg: Pipelin
 # ---------------------------------------------------------------- pyfunc
 
 def pyfunc_config(cfg: PipelineConfig) -> dict:
-    """pyfunc.json's task tells the pyfunc it is a tagger; the pre-tokeniser splits raw text as the data did."""
-    return {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer, "segmenter": cfg.data.segmenter}
+    """pyfunc.json's task tells the pyfunc it is a tagger; the pre-tokeniser and segmenter split raw text as the
+    data did; the decoding is evaluate's (read_dev checked the report used it), so serving tags as evaluate scored."""
+    return {"task": Task.token_classification.value, "pretokenizer": cfg.data.pretokenizer, "segmenter": cfg.data.segmenter,
+            "decoding": cfg.evaluate.decoding}
 
 
 def pyfunc_kwargs(bundle: Path, code_paths: list[str], example_texts: list[str], label_names: list[str]) -> dict:
@@ -136,7 +145,8 @@ def segmenter_packages(bundle: Path) -> tuple[str, ...]:
     return SEGMENTER_PACKAGES.get(str(conf.get("segmenter", "none")), ())
 
 
-def expected_entities(session, student, texts: list[str], pretokenizer: str, segmenter: str = "none") -> list[list[dict]]:
+def expected_entities(session, student, texts: list[str], pretokenizer: str, decoding: str,
+                      segmenter: str = "none") -> list[list[dict]]:
     """What the tagger must return for texts, computed outside the pyfunc (pretokenize -> ONNX
     per-word logits -> tags -> spans), to check the saved model end to end."""
     from components.lib.core.segment import segmenter as segmenter_of
@@ -147,8 +157,11 @@ def expected_entities(session, student, texts: list[str], pretokenizer: str, seg
     sents = [[w for w, _, _ in ws] for ws in words]
     logits = onnx_predict_word_logits(session, student, sents)
     out = []
-    for text, ws, lg, tags in zip(texts, words, logits, decode_tags(logits, [len(x) for x in sents], student.label_names), strict=True):
-        conf = report.softmax(lg).max(axis=1) if len(lg) else np.zeros(0)
+    index = {name: i for i, name in enumerate(student.label_names)}
+    for text, ws, lg, tags in zip(texts, words, logits, decode_tags(logits, [len(x) for x in sents], student.label_names, decoding),
+                                  strict=True):
+        chosen = np.array([index[t] for t in tags[: len(lg)]], dtype=np.int64)
+        conf = report.softmax(lg)[np.arange(len(lg)), chosen] if len(lg) else np.zeros(0)  # the decoded tag's probability
         out.append([{"entity": typ, "text": text[ws[a][1]:ws[b - 1][2]], "start": ws[a][1], "end": ws[b - 1][2],
                      "score": float(conf[a:b].mean())} for typ, a, b in spans(tags)])
     return out
@@ -163,6 +176,6 @@ def _same_entities(got: list[list[dict]], want: list[list[dict]]) -> bool:
 
 def check_pyfunc(model, session, student, texts: list[str], cfg: PipelineConfig) -> None:
     got = model.predict(texts)["entities"].tolist()
-    want = expected_entities(session, student, texts, cfg.data.pretokenizer, cfg.data.segmenter)
+    want = expected_entities(session, student, texts, cfg.data.pretokenizer, cfg.evaluate.decoding, cfg.data.segmenter)
     if not _same_entities(got, want):
         raise ParityError(f"pyfunc entities {got} differ from ONNX {want}")

@@ -2,8 +2,9 @@
 - each word's tag goes on its FIRST sub-piece; later pieces and special tokens get -100, so they
   carry no loss (tokens.piece_labels);
 - dev is scored as ENTITY F1 (seqeval, exact spans, ner_metrics.entity_scores) and the best-F1
-  epoch is kept. Words cut off by teacher.max_length are predicted as the O tag, exactly as
-  pseudo-labelling and evaluation treat them, so the dev F1 here is the F1 the pipeline sees.
+  epoch is kept. Words cut off by teacher.max_length are predicted as the O tag and tags are
+  decoded by evaluate.decoding (core/decode.py), exactly as evaluation treats them, so the dev F1
+  here is the F1 the pipeline sees.
 """
 
 from __future__ import annotations
@@ -85,14 +86,15 @@ def encode(tokenizer, split: token_data.TokenLabeled, max_length: int):
 
 
 def predict_tags(model, tokenizer, sentences: Sequence[Sequence[str]], label_names: Sequence[str], max_length: int,
-                 batch_size: int) -> list[list[str]]:
+                 batch_size: int, decoding: str) -> list[list[str]]:
     """Tag names of every word (teacher.score_words: first sub-piece; cut-off words are O)."""
     logits, _ = T.score_words(model, tokenizer, sentences, max_length, batch_size)
-    return decode_tags(logits, [len(x) for x in sentences], label_names)
+    return decode_tags(logits, [len(x) for x in sentences], label_names, decoding)
 
 
 def dev_scores(model, tokenizer, dev: token_data.TokenLabeled, cfg: PipelineConfig) -> dict:
-    pred = predict_tags(model, tokenizer, _sentences(dev), dev.label_names, cfg.teacher.max_length, cfg.transfer.batch_size)
+    pred = predict_tags(model, tokenizer, _sentences(dev), dev.label_names, cfg.teacher.max_length, cfg.transfer.batch_size,
+                        cfg.evaluate.decoding)
     return ner_metrics.entity_scores(_gold(dev), pred)
 
 
@@ -101,7 +103,8 @@ def params(train: token_data.TokenLabeled, dev: token_data.TokenLabeled) -> dict
 
 
 def fit_inputs(cfg: PipelineConfig, tokenizer, train: token_data.TokenLabeled, dev: token_data.TokenLabeled):
-    """The Trainer's dev metrics are dev_f1/precision/recall of the argmax at each word's first piece."""
+    """The Trainer's dev metrics are dev_f1/precision/recall of the tags decoded (evaluate.decoding)
+    from each word's first-piece logits."""
     from transformers import DataCollatorForTokenClassification
 
     train_ds, train_enc = encode(tokenizer, train, cfg.teacher.max_length)
@@ -115,7 +118,7 @@ def fit_inputs(cfg: PipelineConfig, tokenizer, train: token_data.TokenLabeled, d
     def entity_f1(pred) -> dict[str, float]:
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions  # (N, T, C), padded
         words = [np.asarray(logits[i])[dev_enc.first_piece[i][: dev_enc.covered(i)]] for i in range(len(gold))]
-        scores = ner_metrics.entity_scores(gold, decode_tags(words, n_words, dev.label_names))
+        scores = ner_metrics.entity_scores(gold, decode_tags(words, n_words, dev.label_names, cfg.evaluate.decoding))
         return {m: scores[m] for m in DEV_METRICS}
 
     return train_ds, dev_ds, DataCollatorForTokenClassification(tokenizer), entity_f1

@@ -216,6 +216,22 @@ def _language_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _decoding_lines(report: dict[str, Any], models: list[tuple[str, dict]]) -> list[str]:
+    """How tags were decoded (evaluate.decoding) and the test entity F1 under either decoding."""
+    used = report.get("decoding")
+    if used is None:
+        return []
+    lines = ["", f"Tags decoded `{used}` (evaluate.decoding; constrained: Viterbi over the tag scheme's allowed "
+             "transitions, argmax: each word's best tag). Test entity F1 under each:", "",
+             "| model | argmax | constrained | forbidden transitions in argmax tags | sentences changed |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, m in models:
+        d = m["decoding"]
+        lines.append(f"| {name} | {_fmt(d['argmax_f1'])} | {_fmt(d['constrained_f1'])} | {d['invalid_transitions_argmax']} "
+                     f"| {d['sentences_changed']} |")
+    return lines
+
+
 def render_ner_markdown(report: dict[str, Any]) -> str:
     """The token-classification report: entity F1 (overall, per type, per language), size, speed."""
     teacher, student = report["teacher"], report["student"]
@@ -250,6 +266,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
             f"| {_latency(m.get('latency_ms_onnx'))} |"
         )
     lines += _headline_lines(report, "f1", "sentences")
+    lines += _decoding_lines(report, models)
     lines += _decision_lines(report, "sentences")
     types = sorted({t for _, m in models for t in m["per_type"]})
     lines += ["", "## Entity F1 per type", "",

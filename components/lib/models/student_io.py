@@ -172,8 +172,11 @@ def predict_word_logits(student: LoadedStudent, sentences: Sequence[Sequence[str
     return out
 
 
-def predict_tags(student: LoadedStudent, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[list[str]]:
-    """Tag names for every word (words past max_length get the O tag)."""
+def predict_tags(student: LoadedStudent, sentences: Sequence[Sequence[str]], batch_size: int = 256,
+                 decoding: str = "constrained") -> list[list[str]]:
+    """Tag names for every word (words past max_length get the O tag), decoded as `decoding`
+    (core/decode.py; the default is evaluate.decoding's)."""
     from components.lib.core.decode import decode_tags
 
-    return decode_tags(predict_word_logits(student, sentences, batch_size), [len(s) for s in sentences], student.label_names)
+    logits = predict_word_logits(student, sentences, batch_size)
+    return decode_tags(logits, [len(s) for s in sentences], student.label_names, decoding)

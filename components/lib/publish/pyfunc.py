@@ -2,19 +2,21 @@
 (StudentTextClassifier), or entity spans with character offsets (StudentTokenTagger).
 
 Self-contained on purpose (numpy, pandas, onnxruntime, transformers; no torch; the classifier
-uses only lib/core/truncation.py, the tagger lib/core/tokens.py, decode.py, segment.py and errors.py, shipped beside
-it): the export step ships these files with the model through `code_paths`, so
+uses only lib/core/truncation.py, the tagger only lib/core/tokens.py, decode.py, segment.py and
+errors.py, shipped beside it): the export step ships these files with the model through `code_paths`, so
 `mlflow.pyfunc.load_model("models:/NAME@champion")` works in any process that has those
 packages. The bundle (one artifact folder, "student") holds the ONNX graph, the student's
 config.json and vocab.json, the teacher's tokenizer files and pyfunc.json (which ONNX file,
-label names, max_length).
+label names, max_length; for the tagger also the pre-tokeniser and the decoding evaluate used).
 
 Tokenisation mirrors components/lib/models/student_io.py exactly: teacher word pieces with [CLS]/[SEP],
 truncated to max_length (truncation.tokenize_truncated), mapped through the trimmed vocabulary
 (unknown -> 1, pad -> 0), pads at the end; the test suite checks the two agree. The tagger splits raw text into words with
 tokens.pretokenize (the mode and the Han segmenter stored in pyfunc.json), aligns words to pieces with
-tokens.encode_words (a word's output lives on its first piece; words past max_length are O)
-and reads entity spans with tokens.spans, exactly as the evaluate step scores the student.
+tokens.encode_words (a word's output lives on its first piece; words past max_length are O),
+decodes tags with core/decode.py under pyfunc.json's `decoding` (a bundle without one was
+exported when argmax was the only decoding) and reads entity spans with tokens.spans, exactly as
+the evaluate step scores the student.
 """
 
 from __future__ import annotations
@@ -131,16 +133,20 @@ class StudentTextClassifier(mlflow.pyfunc.PythonModel):
 class StudentTokenTagger(StudentTextClassifier):
     """ONNX Runtime NER with a distilled BiLSTM tagger: raw sentences in, one row per sentence out:
     `entities` (a list of {entity, text, start, end, score}: the span's type, its surface string
-    text[start:end], character offsets, and the mean max-softmax of its words) and `tags` (one
-    tag per pre-tokenised word)."""
+    text[start:end], character offsets, and the mean softmax probability of its words' decoded
+    tags) and `tags` (one tag per pre-tokenised word)."""
 
     def _load(self, bundle: Path) -> None:
+        from components.lib.core.decode import decoder
+
         super()._load(bundle)
         conf = json.loads((bundle / PYFUNC_CONFIG).read_text())
         self.pretokenizer = str(conf.get("pretokenizer", "words"))
         from components.lib.core.segment import segmenter
 
         self.segment = segmenter(conf.get("segmenter", "none"))  # Han runs -> words, as prepare-data split them
+        self.decoding = str(conf.get("decoding", "argmax"))
+        self.decode = decoder(self.label_names, self.decoding)
 
     def word_logits(self, sentences: list[list[str]]) -> list[np.ndarray]:
         """Pre-split sentences -> per sentence (n_covered, C) float32 logits at each word's first piece."""
@@ -158,16 +164,14 @@ class StudentTokenTagger(StudentTextClassifier):
 
     def tag(self, texts: list[str]) -> tuple[list[list[dict]], list[list[str]]]:
         """Texts -> (entities per text, tag per word per text)."""
-        from components.lib.core.decode import decode_words, outside_index
         from components.lib.core.tokens import pretokenize, spans
 
         words = [pretokenize(t, self.pretokenizer, self.segment) for t in texts]  # [(word, start, end)] per text
         logits = self.word_logits([[w for w, _, _ in ws] for ws in words])
-        outside = outside_index(self.label_names)
         all_entities, all_tags = [], []
         for text, ws, lg in zip(texts, words, logits, strict=True):
             probs = _softmax(lg)  # (n_covered, C)
-            best = decode_words(lg, len(ws), outside)  # (n_words,)
+            best = self.decode(lg, len(ws))  # (n_words,)
             conf = probs[np.arange(len(probs)), best[: len(probs)]]  # (n_covered,) the chosen tag's probability
             tags = [self.label_names[t] for t in best]
             entities = []

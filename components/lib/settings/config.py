@@ -214,6 +214,7 @@ class EvaluateConfig(Strict):
     latency_runs: int = Field(50, ge=1, description="batch-1 calls timed for p50/p95")
     throughput_rows: int = Field(512, ge=1, description="test rows used for the throughput measurement")
     ece_bins: int = Field(15, ge=2, description="bins of the expected calibration error")
+    decoding: Literal["constrained", "argmax"] = Field("constrained", description="token classification: how per-word logits become tags in the teacher's and students' dev scores, evaluate, export and the exported tagger (constrained: Viterbi over the tag scheme's allowed transitions, never I-X after O or another type; argmax: each word's best tag)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
     output_dir: str | None = Field(None, description="report dir (default <work_dir>/eval)")
 

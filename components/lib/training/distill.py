@@ -277,10 +277,10 @@ def new_student(s, vocab: VocabMap, teacher_matrix: np.ndarray, repr_dim: int, n
     return BiLSTMStudent(arch, emb).to(device), arch, device
 
 
-def run_fingerprint(s, sources: list[Path], teacher_path: Path, vocab_size: int) -> str:
-    """What a checkpoint must have been made with to be resumed."""
+def run_fingerprint(s, sources: list[Path], teacher_path: Path, vocab_size: int, decoding: str) -> str:
+    """What a checkpoint must have been made with to be resumed (`decoding`: its dev scores')."""
     return hashlib.sha256(json.dumps([s.model_dump(mode="json"), [data.sha256_file(p) for p in sources],
-                                      str(teacher_path), vocab_size]).encode()).hexdigest()
+                                      str(teacher_path), vocab_size, decoding]).encode()).hexdigest()
 
 
 def checkpoint_path(out_dir: Path) -> Path:

@@ -69,9 +69,11 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 def run_fingerprint(cfg: PipelineConfig, sources: Sequence[Path], src, model) -> str:
     """What the checkpoints must have been made with to be resumed: the teacher settings, the
-    task, the data, the starting weights and the kind of machine (device, precision, ranks)."""
+    task, the decoding its dev score used, the data, the starting weights and the kind of machine
+    (device, precision, ranks)."""
     cuda = torch.cuda.is_available()
     key = {"teacher": cfg.teacher.model_dump(mode="json", exclude={"output_dir"}), "task": str(cfg.task),
+           "decoding": cfg.evaluate.decoding,
            "data": [data.sha256_file(p) for p in sources], "weights": T.weights_digest(src, model),
            "cuda": cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "world_size": os.environ.get("WORLD_SIZE", "1")}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
