@@ -193,6 +193,9 @@ class EvaluateConfig(Strict):
     latency_runs: int = Field(50, ge=1, description="batch-1 calls timed for p50/p95")
     throughput_rows: int = Field(512, ge=1, description="test rows used for the throughput measurement")
     ece_bins: int = Field(15, ge=2, description="bins of the expected calibration error")
+    tfidf_baseline: bool = Field(True, description="sequence classification: also fit TF-IDF + logistic regression on "
+                                 "train.parquet (C chosen on dev) and report it; export withholds champion when it "
+                                 "beats the student on dev")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
     output_dir: str | None = Field(None, description="report dir (default <work_dir>/eval)")
 
