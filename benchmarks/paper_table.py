@@ -12,8 +12,9 @@ Unlabeled Transfer Data").
 For every (label budget, seed) it calls the project's own steps, in order, with a PipelineConfig
 built from configs/imdb.yaml plus overrides: prepare_data -> finetune_teacher -> pseudo_label
 (once; every student mode reuses the pseudo-labels) -> distill_student per mode (labels-only,
-hard, soft, soft+repr) -> evaluate (teacher and all four students on the test split; accuracy,
-parameters, examples/s at batch 256 measured in one process). Nothing is re-implemented here.
+hard, soft, soft+repr) -> evaluate (teacher, all four students and the TF-IDF + logistic regression
+baseline on the test split; accuracy, parameters, examples/s at batch 256 measured in one process).
+Nothing is re-implemented here.
 
 Resumable: each (budget, seed, step) writes <work-dir>/b<budget>/s<seed>/done/<step>.json with its
 result and a fingerprint of the settings it depends on; a rerun skips units whose fingerprint still

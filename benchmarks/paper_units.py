@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger("paper_table")
 MODES = ("labels-only", "hard", "soft", "soft+repr")
 KEY = {"labels-only": "labels_only", "hard": "hard", "soft": "soft", "soft+repr": "soft_repr"}
 DEFAULT_STUDENT = "soft+repr"
+TFIDF = "tfidf"  # report.json's TF-IDF + logistic regression entry: a model row beside the student modes
 # Targets of the claim (MiniLM teacher, this CPU): (name, threshold).
 RETENTION_MIN, GAIN_MIN, COMPRESSION_MIN, SPEEDUP_MIN = 0.99, 0.05, 10.0, 50.0
 
@@ -143,8 +145,10 @@ def _stratified(labels: np.ndarray, candidates: np.ndarray, rows: int, rng: np.r
 
 
 def subsample_test(src: Path, dst: Path, rows: int, exclude: int = 0) -> Path:
-    """A stratified, fixed (seed 0) subsample of the prepared test split as an evaluate data dir.
-    The official test split is identical for every seed, so every unit gets the same subsample.
+    """A stratified, fixed (seed 0) subsample of the prepared test split as an evaluate data dir,
+    beside copies of the unit's train and dev splits (evaluate scores every model on dev, and the
+    TF-IDF baseline trains on train and picks its C on dev). The official test split is identical
+    for every seed, so every unit gets the same test subsample.
     exclude > 0 first drops the seed-0 subsample of that size (the one `rows=exclude` would give),
     so a table can be measured on reviews its settings were never chosen on."""
     from components.lib.contracts import data
@@ -167,6 +171,8 @@ def subsample_test(src: Path, dst: Path, rows: int, exclude: int = 0) -> Path:
     with data.atomic_dir(dst) as tmp:
         data.write_table(sub, tmp / "test.parquet")
         data.write_json(tmp / "data_card.json", card)
+        for split in ("train", "dev"):
+            shutil.copyfile(src / f"{split}.parquet", tmp / f"{split}.parquet")
     return dst
 
 
@@ -250,6 +256,12 @@ def aggregate(units: list[dict], budgets: list[int], modes: list[str]) -> dict:
         for m in modes:
             row[KEY[m]] = {**mean_std([r["students"][m]["accuracy"] for r in reports]),
                            "ex_per_s": float(np.mean([r["students"][m]["throughput"] for r in reports]))}
+        if reports and all("tfidf" in r for r in reports):  # evaluate.tfidf_baseline (reports before it have none)
+            tf = [r["tfidf"] for r in reports]
+            row[TFIDF] = {**mean_std([t["accuracy"] for t in tf]), "ex_per_s": float(np.mean([t["throughput"] for t in tf])),
+                          "params": int(np.median([t["params"] for t in tf])), "c": [t["c"] for t in tf],
+                          "dev_accuracy": mean_std([t["dev"]["accuracy"] for t in tf])}
+            speed.setdefault(TFIDF, []).extend(t["throughput"] for t in tf)
         per_budget[str(budget)] = row
         for r in reports:
             speed["teacher"].append(r["teacher"]["throughput"])
@@ -271,6 +283,8 @@ def aggregate(units: list[dict], budgets: list[int], modes: list[str]) -> dict:
     retention = {str(b): per_budget[str(b)][default]["mean"] / per_budget[str(b)]["teacher"]["mean"] for b in budgets}
     gain = ({str(b): per_budget[str(b)][default]["mean"] - per_budget[str(b)]["labels_only"]["mean"] for b in budgets}
             if "labels-only" in modes else {})
+    gain_tfidf = {str(b): per_budget[str(b)][default]["mean"] - per_budget[str(b)][TFIDF]["mean"] for b in budgets
+                  if TFIDF in per_budget[str(b)]}
     return {
         "budgets": per_budget,
         "default_student": default,
@@ -278,6 +292,7 @@ def aggregate(units: list[dict], budgets: list[int], modes: list[str]) -> dict:
         "retention_budget": ret_budget,
         "retention_by_budget": retention,
         "gain_over_labels_only": gain,
+        "gain_over_tfidf": gain_tfidf,
         "params_teacher": int(np.median(params_t)),
         "params_student": int(np.median(params_s)),
         "compression": float(np.median(params_t) / np.median(params_s)),

@@ -2,8 +2,8 @@
 
     python benchmarks/plot_paper_table.py benchmarks/results/imdb.json   # re-render .md and .png files
 
-plot_accuracy: grouped bars, test accuracy per model (teacher + student modes) and label budget,
-  error bars = std over seeds.
+plot_accuracy: grouped bars, test accuracy per model (teacher, TF-IDF + logistic regression when
+  the result has it, student modes) and label budget, error bars = std over seeds.
 plot_speed:    accuracy vs examples/s at batch 256 (log x), teacher and student points per budget.
 """
 
@@ -13,12 +13,20 @@ import argparse
 import json
 from pathlib import Path
 
-NAMES = {"teacher": "teacher (MiniLM)", "labels_only": "labels-only", "hard": "hard", "soft": "soft",
-         "soft_repr": "soft+repr"}
+NAMES = {"teacher": "teacher (MiniLM)", "tfidf": "TF-IDF + logistic regression", "labels_only": "labels-only",
+         "hard": "hard", "soft": "soft", "soft_repr": "soft+repr"}
 
 
 def _models(result: dict) -> list[str]:
-    return ["teacher", *result["modes"]]
+    """teacher, the TF-IDF baseline (when every budget has it: results before it have none), the student modes."""
+    tfidf = ["tfidf"] if all("tfidf" in row for row in result["budgets"].values()) else []
+    return ["teacher", *tfidf, *result["modes"]]
+
+
+def _params(result: dict, model: str) -> str:
+    if model == "tfidf":  # its vocabulary, so its size, grows with the label budget
+        return " / ".join(f"{row['tfidf']['params'] / 1e3:.1f}k" for row in result["budgets"].values())
+    return f"{(result['params_teacher'] if model == 'teacher' else result['params_student']) / 1e6:.2f}M"
 
 
 def _pm(cell: dict) -> str:
@@ -42,14 +50,16 @@ def markdown(result: dict) -> str:
     ]
     speed = result["throughput_ex_per_s"]
     for m in _models(result):
-        params = result["params_teacher"] if m == "teacher" else result["params_student"]
         lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(_pm(result["budgets"][b][m]) for b in budgets)
-                     + f" | {params / 1e6:.2f}M | {speed[m]['mean']:.1f} |")
+                     + f" | {_params(result, m)} | {speed[m]['mean']:.1f} |")
     lines += [
         "",
         f"- Retention ({NAMES[result['default_student']]} / teacher) at {result['retention_budget']}/class: "
         f"{result['retention']:.3f}; by budget: " + ", ".join(f"{b}: {v:.3f}" for b, v in result["retention_by_budget"].items()),
         "- Gain over labels-only: " + ", ".join(f"{b}/class {v:+.3f}" for b, v in result["gain_over_labels_only"].items()),
+        *(["- Gain over TF-IDF + logistic regression (C chosen on dev): "
+           + ", ".join(f"{b}/class {v:+.3f}" for b, v in result["gain_over_tfidf"].items())]
+          if result.get("gain_over_tfidf") else []),
         f"- Compression {result['compression']:.1f}x; speed-up {result['speedup']:.1f}x torch, "
         f"{result['speedup_onnx']:.1f}x ONNX Runtime (student vs teacher, batch 256, same process)",
         f"- Pseudo-labelling: {result['pseudo_label_ex_per_s'] or float('nan'):.1f} examples/s",

@@ -220,7 +220,7 @@ def evaluate(config_json: str, code_version: str, data: Input[Dataset], teacher:
         result = step.run(cfg, student_dirs=student_dirs)
         shutil.copyfile(cfg.eval_dir / "report.md", report.path)
         report_json = json.loads((cfg.eval_dir / "report.json").read_text())
-        keys = ("teacher", "student", "baseline", "retention", "params", "compression", "throughput", "speedup")
+        keys = ("teacher", "student", "baseline", "tfidf", "retention", "params", "compression", "throughput", "speedup")
         record(metrics, {k: report_json[k] for k in keys if k in report_json} or result)
 
 

@@ -136,14 +136,16 @@ def tiny_factorised_student_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def evaluated_work_dir(tmp_path_factory, packaged_teacher_dir) -> Path:
-    """A work_dir after evaluate (tracking off): data, teacher, a trained soft+repr student, eval/."""
+    """A work_dir after evaluate (tracking off): data, teacher, a trained soft+repr student, eval/.
+    No baselines: the tiny student would lose to TF-IDF on the topic words, and the tests that use
+    this gate on retention and the champion (tests/test_export.py has one case per baseline)."""
     import torch
 
     from components import evaluate
 
     torch.set_num_threads(1)
     root = make_work_dir(tmp_path_factory.mktemp("work"), packaged_teacher_dir, {"soft+repr": 40})
-    evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
+    evaluate.run(tiny_cfg(root, None, student={"baseline": False}, evaluate={"tfidf_baseline": False}))
     return root
 
 

@@ -10,6 +10,7 @@ import torch
 
 from components.lib.core.errors import UserError
 from components.lib.evaluation import report
+from components.runner.summary import summary_table
 from tests.helpers import LABELS, make_work_dir, tiny_cfg
 
 
@@ -73,12 +74,32 @@ def test_evaluate_writes_the_report_and_logs_it(tmp_path, packaged_teacher_dir):
     assert "Retention" in md and "student `labels-only`" in md and "| sport |" in md
     assert (root / "eval" / "accuracy_vs_speed.png").read_bytes()[:4] == b"\x89PNG"
 
+    # TF-IDF + logistic regression on the same labeled rows (train.parquet), C chosen on dev
+    tfidf = rep["tfidf"]
+    for key in ("accuracy", "macro_f1", "ece", "per_class", "confusion_matrix", "agreement", "params", "throughput",
+                "latency_ms", "vocabulary_size", "fit_seconds"):
+        assert key in tfidf
+    assert tfidf["train_rows"] == 24 and tfidf["c_grid"] == [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]
+    per_c = tfidf["dev_accuracy_per_c"]
+    assert list(per_c) == ["0.01", "0.1", "1", "10", "100", "1000"]
+    assert per_c[f"{tfidf['c']:g}"] == tfidf["dev"]["accuracy"] == max(per_c.values())
+    assert tfidf["c"] == min(float(c) for c, a in per_c.items() if a == max(per_c.values()))  # ties: the smaller C
+    assert tfidf["accuracy"] > 0.8 and tfidf["throughput"] > 0 and tfidf["vocabulary_size"] > 30  # topic words
+    assert sum(map(sum, tfidf["confusion_matrix"])) == 60
+    assert rep["dev"]["tfidf"] == tfidf["dev"]["accuracy"]
+    assert rep["dev"]["tfidf_beats_student"] == (tfidf["dev"]["accuracy"] > rep["dev"]["student"])
+    assert res.tfidf_accuracy == tfidf["accuracy"]
+    assert "| TF-IDF + logistic regression (scikit-learn) |" in md and f"C = {tfidf['c']:g} chosen on dev" in md
+    assert "baseline (TF-IDF + LR)" in summary_table(rep)
+
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.data.tags["distilflow.step"] == "evaluate"
     assert run.data.metrics["retention"] == pytest.approx(rep["retention"])
     assert run.data.metrics["students.soft_repr.accuracy"] == pytest.approx(rep["student"]["accuracy"])
     assert "baseline.accuracy" in run.data.metrics
+    assert run.data.metrics["tfidf.accuracy"] == pytest.approx(rep["tfidf"]["accuracy"])
+    assert run.data.metrics["dev.tfidf"] == pytest.approx(rep["dev"]["tfidf"])
     assert {f.path for f in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/report.json", "eval/report.md"}
 
 
@@ -94,6 +115,11 @@ def test_explicit_student_dirs_and_missing_inputs(tmp_path, packaged_teacher_dir
         evaluate.run(cfg)
     res = evaluate.run(cfg, student_dirs={"labels-only": moved})
     assert res.student_mode == "labels-only" and res.baseline_accuracy is None
+    (root / "data" / "train.parquet").unlink()  # what the TF-IDF baseline trains on
+    with pytest.raises(UserError, match="train.parquet: file not found .*evaluate.tfidf_baseline=false"):
+        evaluate.run(cfg, student_dirs={"labels-only": moved})
+    res = evaluate.run(cfg.with_overrides({"evaluate.tfidf_baseline": False}), student_dirs={"labels-only": moved})
+    assert res.tfidf_accuracy is None and "tfidf" not in json.loads((root / "eval" / "report.json").read_text())
     with pytest.raises(UserError, match="config.json"):
         evaluate.run(cfg, student_dirs={"soft": tmp_path})
     (root / "data" / "test.parquet").unlink()

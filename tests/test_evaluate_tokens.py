@@ -30,7 +30,13 @@ def test_tag_agreement_and_classification_report_metric():
     # the dev block export decides on: here the baseline beats the distilled student on dev
     assert rep["dev"] == {"split": "dev", "rows": 8, "metric": "accuracy", "teacher": 0.875, "student": 0.7,
                           "students": {"soft": 0.7, "labels-only": 0.75}, "baseline": 0.75,
-                          "retention": pytest.approx(0.8), "baseline_beats_student": True}
+                          "retention": pytest.approx(0.8), "baseline_beats_student": True,
+                          "tfidf": None, "tfidf_beats_student": False}
+    # with a TF-IDF entry: beside the baseline in the test block, its dev score in the dev block
+    tfidf = {**model, "accuracy": 0.6, "dev": {"accuracy": 0.72}}
+    rep = build_report(_cls_cfg(), teacher, {"soft": model}, ["a", "b"], 4, None, dev_rows=8, tfidf=tfidf)
+    assert rep["tfidf"] is tfidf and "baseline" not in rep
+    assert (rep["dev"]["tfidf"], rep["dev"]["tfidf_beats_student"], rep["dev"]["baseline"]) == (0.72, True, None)
 
 
 def test_languages_summary_by_hand():

@@ -164,7 +164,7 @@ def test_test_labels_cannot_change_the_export_decisions(evaluated_work_dir, tmp_
     for name in ("as-is", "relabelled"):
         if name == "relabelled":
             _relabel_test(root)
-            evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
+            evaluate.run(tiny_cfg(root, None, student={"baseline": False}, evaluate={"tfidf_baseline": False}))
         rep = json.loads((root / "eval" / "report.json").read_text())
         res = export.run(tiny_cfg(root, f"sqlite:///{tmp_path / f'{name}.db'}",
                                   export={"output_dir": str(tmp_path / name), "min_retention": bar, "max_quant_drop": 0.0}))
@@ -185,7 +185,7 @@ def test_a_baseline_that_beats_the_student_on_dev_withholds_champion(tmp_path, p
     from components import evaluate, export
 
     root = make_work_dir(tmp_path / "w", packaged_teacher_dir, {"soft+repr": 0, "labels-only": 40}, teacher_steps=40)
-    evaluate.run(tiny_cfg(root, None))
+    evaluate.run(tiny_cfg(root, None, evaluate={"tfidf_baseline": False}))  # the TF-IDF case is the next test
     rep = json.loads((root / "eval" / "report.json").read_text())
     dev = rep["dev"]
     assert dev["baseline"] > dev["student"] and dev["baseline_beats_student"]
@@ -196,3 +196,27 @@ def test_a_baseline_that_beats_the_student_on_dev_withholds_champion(tmp_path, p
     assert res.registered_version == "1" and not res.champion
     assert res.gate_reason == (f"the labels-only baseline's dev accuracy {dev['baseline']:.4f} beats the distilled "
                                f"student's {dev['student']:.4f}")
+
+
+@pytest.mark.integration
+def test_a_tfidf_baseline_that_beats_the_student_on_dev_withholds_champion(tmp_path, packaged_teacher_dir):
+    """An untrained distilled student and TF-IDF + logistic regression fitted on the same labeled
+    rows: TF-IDF wins on dev, report.md says so in its first lines, export withholds the alias and
+    the gate names TF-IDF."""
+    from components import evaluate, export
+
+    root = make_work_dir(tmp_path / "w", packaged_teacher_dir, {"soft+repr": 0}, teacher_steps=40)
+    evaluate.run(tiny_cfg(root, None))
+    rep = json.loads((root / "eval" / "report.json").read_text())
+    dev, tfidf = rep["dev"], rep["tfidf"]
+    assert dev["tfidf"] == tfidf["dev"]["accuracy"] > dev["student"] and dev["tfidf_beats_student"]
+    assert dev["baseline"] is None and not dev["baseline_beats_student"]
+    head = (root / "eval" / "report.md").read_text().splitlines()[:4]
+    assert head[0] == "# Distillation report" and "TF-IDF + logistic regression baseline beats the student here" in head[2]
+    assert (f"trained on the same {tfidf['train_rows']} labeled texts (dev accuracy {dev['tfidf']:.3f}, "
+            f"C = {tfidf['c']:g} chosen on dev) beats the distilled student `soft+repr`") in head[2]
+    res = export.run(tiny_cfg(root, f"sqlite:///{tmp_path / 'mlflow.db'}", export={"min_retention": 0.0, "quantize": False}))
+    assert res.registered_version == "1" and not res.champion
+    assert res.gate_reason == (f"the TF-IDF + logistic regression baseline's dev accuracy {dev['tfidf']:.4f} beats the "
+                               f"distilled student's {dev['student']:.4f}")
+    assert json.loads((root / "export" / "export_summary.json").read_text())["dev"]["tfidf_beats_student"]

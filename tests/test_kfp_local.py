@@ -88,6 +88,12 @@ def test_summary_table_rows():
     row = next(line for line in table.splitlines() if line.startswith("student"))
     assert "0.930" in row and "2.43M" in row and "9.3x" in row and "15.0x" in row
     assert "retention (student/teacher accuracy): 0.979" in table
+    assert "TF-IDF" not in table  # a report without the classic baseline has no row for it
+    report["tfidf"] = {"accuracy": 0.88, "macro_f1": 0.87, "params": 45_400, "throughput": 20_000.0}
+    rows = summary_table(report).splitlines()
+    assert [r.split("  ")[0] for r in rows[2:6]] == ["teacher", "baseline (TF-IDF + LR)", "student (soft+repr)",
+                                                     "baseline (labels-only)"]
+    assert "0.880" in rows[3] and "0.05M" in rows[3] and "500.0x" in rows[3]
 
 
 def test_run_console_parses_kfp_local_records(tmp_path, capsys):
@@ -172,6 +178,7 @@ def test_whole_pipeline_under_kfp_local_then_cached(tiny_env, capsys, monkeypatc
     assert set(report["students"]) == {"soft+repr", "labels-only"}
     assert report["teacher"]["params"] > report["student"]["params"] and report["compression"] > 1
     assert 0 <= report["student"]["accuracy"] <= 1 and "baseline" in report
+    assert "baseline (TF-IDF + LR)" in out and 0 <= report["tfidf"]["accuracy"] <= 1 and "tfidf" in report["dev"]
     assert (work / "export").is_dir() and any((work / "export").rglob("*.onnx"))
     # two shards ran in the ParallelFor and were merged
     steps = {"prepare-data", "finetune-teacher", "pseudo-label-transfer-set", "merge-pseudo-labels",

@@ -2,7 +2,7 @@
 
 The full preset measures on reviews the quick preset never evaluated on (its settings were chosen
 while looking at those): subsample_test(exclude=N) must be disjoint from the N-row subsample,
-stratified, and fixed.
+stratified, and fixed, and carry the unit's train and dev splits for evaluate.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def test_full_preset_subsample_is_disjoint_from_the_quick_one(tmp_path):
     assert len(quick_ids) == 12 and len(full_ids) == 30 and not quick_ids & full_ids
     assert np.bincount(quick_labels).tolist() == [4, 4, 4] and np.bincount(full_labels).tolist() == [10, 10, 10]
     assert json.loads((full / "data_card.json").read_text())["test_subsample"]["excluded"] == 12
+    # evaluate reads dev (every model's dev score) and train (the TF-IDF baseline) beside the subsample
+    for split in ("train", "dev"):
+        assert (full / f"{split}.parquet").read_bytes() == (src / f"{split}.parquet").read_bytes()
     # fixed: the same call gives the same rows; without exclude the quick sample is unchanged
     assert _ids_and_labels(subsample_test(src, tmp_path / "again", 30, exclude=12))[0] == full_ids
     assert _ids_and_labels(subsample_test(src, tmp_path / "quick2", 12))[0] == quick_ids

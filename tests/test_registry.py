@@ -1,7 +1,7 @@
 """The registry quality gate, against a real `mlflow server` (sqlite backend, served artifacts).
 
 A version is always registered; `champion` moves only when dev retention >= export.min_retention,
-the labels-only baseline does not beat the student on dev, and the dev accuracy is not below the
+neither the labels-only nor the TF-IDF baseline beats the student on dev, and the dev accuracy is not below the
 current champion's. A rerun of the same pipeline run finds its version instead of registering
 another (and repairs a gate a failure left undone). The champion then loads by alias in a fresh
 Python process that has no access to this repository's code.
@@ -37,6 +37,11 @@ def test_gate_rules():
     assert gate(0.90, 0.98, 0.97, None, None, baseline=0.92) == (
         "the labels-only baseline's dev accuracy 0.9200 beats the distilled student's 0.9000")
     assert gate(0.90, 0.98, 0.97, None, None, baseline=0.90) is None
+    # so does the TF-IDF + logistic regression baseline, named as such; a tie does not
+    assert gate(0.90, 0.98, 0.97, None, None, tfidf=0.95) == (
+        "the TF-IDF + logistic regression baseline's dev accuracy 0.9500 beats the distilled student's 0.9000")
+    assert gate(0.90, 0.98, 0.97, None, None, tfidf=0.90) is None
+    assert gate(0.90, 0.98, 0.97, None, None, baseline=0.92, tfidf=0.95).count("beats the distilled student") == 2
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,7 @@ def work_dirs(tmp_path_factory, packaged_teacher_dir):
         shutil.copytree(teacher, root / "teacher")
         build_tiny_student(root / "student" / "soft_repr", packaged_teacher_dir, steps=steps)
         # Tracking off here: only export's runs and registrations are under test.
-        evaluate.run(tiny_cfg(root, None, student={"baseline": False}))
+        evaluate.run(tiny_cfg(root, None, student={"baseline": False}, evaluate={"tfidf_baseline": False}))
         dirs[name] = root
     return dirs
 

@@ -1,5 +1,6 @@
-"""evaluate: the one step that reads the test split. Teacher vs student(s) vs baseline: quality,
-size and speed. Every model is also scored on the dev split (report.json's `dev` block): export
+"""evaluate: the one step that reads the test split. Teacher vs student(s) vs baselines (the
+labels-only student; for sequence classification also TF-IDF + logistic regression fitted on
+train.parquet, its C chosen on dev): quality, size and speed. Every model is also scored on the dev split (report.json's `dev` block): export
 decides int8 keep/drop and the champion gate on those, never on test.
 
 Size (parameters, weights on disk, compression) and speed (items/s at evaluate.batch_size, p50/p95
@@ -121,11 +122,12 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Eva
         tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), **task_param,
                        "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()}, "test_rows": len(test.inputs)})
         teacher, teacher_pred = evaluate_teacher(cfg, task, test, dev, label_names)
+        tfidf = task.classic_baseline(cfg, test, dev, label_names, teacher_pred)
         with tempfile.TemporaryDirectory() as scratch:
             students = {m: evaluate_student(cfg, task, p, test, dev, label_names, teacher_pred, Path(scratch))
                         for m, p in dirs.items()}
         rep = task.complete_report(build_report(cfg, teacher, students, label_names, len(test.inputs), card,
-                                                metric=task.METRIC, dev_rows=len(dev.inputs)), test)
+                                                metric=task.METRIC, dev_rows=len(dev.inputs), tfidf=tfidf), test)
         with data.atomic_dir(cfg.eval_dir) as out:
             data.write_json(out / "report.json", rep)
             task.write_views(rep, out)

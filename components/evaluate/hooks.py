@@ -78,6 +78,12 @@ class EvalHooks(Protocol):
         """Share of predictions on which a student and the teacher agree."""
         ...
 
+    def classic_baseline(self, cfg: PipelineConfig, test: Examples, dev: Examples, label_names: list[str],
+                         teacher_pred: Any) -> dict | None:
+        """report.json's `tfidf` entry (a classic model on the same labeled rows, tuned on dev), or
+        None where the task has none or evaluate.tfidf_baseline is false."""
+        ...
+
     def student_fields(self, student: Any, ex: Examples) -> dict:
         """What a student's entry adds after the fields every model has."""
         ...

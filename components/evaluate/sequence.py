@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from components.evaluate.hooks import Examples, LogLines
 from components.lib.contracts import data
+from components.lib.core.errors import DataError
 from components.lib.evaluation import report, report_md
 from components.lib.settings.config import PipelineConfig
 
@@ -40,6 +41,7 @@ class EvalResult(BaseModel):
     student_mode: str
     student_accuracy: float
     baseline_accuracy: float | None
+    tfidf_accuracy: float | None = None
     retention: float
     compression: float
     speedup: float
@@ -85,6 +87,43 @@ def dev_scores(logits: np.ndarray, ex: Examples, label_names: list[str], cfg: Pi
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
 
+def classic_baseline(cfg: PipelineConfig, test: Examples, dev: Examples, label_names: list[str],
+                     teacher_pred: np.ndarray) -> dict | None:
+    """TF-IDF + logistic regression fitted on train.parquet, C chosen on dev (lib/training/classic.py):
+    test and dev scores, the selection record, size and speed (timed like the students: raw text in)."""
+    if not cfg.evaluate.tfidf_baseline:
+        return None
+    from components.lib.evaluation.protocol import timings
+    from components.lib.training.classic import MAX_ITER, fit_tfidf_baseline
+
+    path = cfg.data_dir / "train.parquet"
+    if not path.exists():
+        raise DataError(f"{path}: file not found (the TF-IDF baseline trains on the labeled train split; "
+                        "--set evaluate.tfidf_baseline=false skips it)")
+    labeled = data.read_labeled(path)
+    if labeled.label_names != label_names:
+        raise DataError(f"{path}: label names {labeled.label_names} differ from test's {label_names}")
+    train = split_examples(labeled)
+    try:
+        fit = fit_tfidf_baseline(train.inputs, train.gold, dev.inputs, dev.gold, len(label_names))
+    except ValueError as err:
+        raise DataError(f"{path}: {err} (--set evaluate.tfidf_baseline=false skips the TF-IDF baseline)") from None
+    logits = fit.logits(test.inputs)
+    out, _ = scores(logits, test, label_names, cfg)
+    speed, lat = timings(fit.logits, test.inputs, cfg)
+    out["dev"] = dev_scores(fit.logits(dev.inputs), dev, label_names)
+    out.update(
+        model="tfidf+logreg", features="word 1-2 grams, sublinear tf, L2 rows", min_df=fit.min_df,
+        solver="lbfgs", max_iter=MAX_ITER, train_rows=len(train.inputs), c=fit.c, c_grid=list(fit.grid),
+        dev_accuracy_per_c={f"{c:g}": a for c, a in fit.dev_accuracy_per_c.items()}, vocabulary_size=fit.vocabulary_size,
+        params=fit.params, fit_seconds=fit.fit_seconds, agreement=agreement(logits, teacher_pred),
+        throughput=speed, latency_ms=lat,
+    )
+    log.info("tfidf: C %g chosen on dev (dev accuracy %.4f), accuracy %.4f, %d terms, fit %.2fs, %.0f examples/s",
+             fit.c, out["dev"]["accuracy"], out["accuracy"], fit.vocabulary_size, fit.fit_seconds, speed)
+    return out
+
+
 def student_fields(student, ex: Examples) -> dict:
     return {}
 
@@ -95,8 +134,9 @@ def complete_report(rep: dict, test: Examples) -> dict:
 
 def logged_scores(rep: dict) -> dict:
     out = {"student": {"accuracy": rep["student"]["accuracy"], "macro_f1": rep["student"]["macro_f1"]}}
-    if "baseline" in rep:
-        out["baseline"] = {"accuracy": rep["baseline"]["accuracy"], "macro_f1": rep["baseline"]["macro_f1"]}
+    for who in ("baseline", "tfidf"):
+        if who in rep:
+            out[who] = {"accuracy": rep[who]["accuracy"], "macro_f1": rep[who]["macro_f1"]}
     return out
 
 
@@ -109,6 +149,8 @@ def write_views(rep: dict, out: Path) -> None:
     points = [("teacher (torch)", rep["teacher"]["throughput"], rep["teacher"]["accuracy"])]
     for mode, m in rep["students"].items():
         points += [(f"{mode} (torch)", m["throughput"], m["accuracy"]), (f"{mode} (ONNX)", m["throughput_onnx"], m["accuracy"])]
+    if "tfidf" in rep:
+        points.append(("TF-IDF + LR (scikit-learn)", rep["tfidf"]["throughput"], rep["tfidf"]["accuracy"]))
     report.plot_accuracy_speed(points, f"accuracy vs speed, batch {rep['batch_size']}", out / "accuracy_vs_speed.png")
     (out / "report.md").write_text(report_md.render_markdown(rep))
 
@@ -117,6 +159,7 @@ def result(rep: dict, report_path: Path) -> EvalResult:
     return EvalResult(
         report_path=str(report_path), teacher_accuracy=rep["teacher"]["accuracy"],
         student_mode=rep["student"]["mode"], student_accuracy=rep["student"]["accuracy"],
-        baseline_accuracy=rep["baseline"]["accuracy"] if "baseline" in rep else None, retention=rep["retention"],
+        baseline_accuracy=rep["baseline"]["accuracy"] if "baseline" in rep else None,
+        tfidf_accuracy=rep["tfidf"]["accuracy"] if "tfidf" in rep else None, retention=rep["retention"],
         compression=rep["compression"], speedup=rep["speedup"], speedup_onnx=rep["speedup_onnx"], students=list(rep["students"]),
     )

@@ -161,6 +161,11 @@ def dev_scores(logits: list, ex: Examples, label_names: list[str], cfg: Pipeline
     return {k: m[k] for k in ("f1", "precision", "recall")}
 
 
+def classic_baseline(cfg: PipelineConfig, test: Examples, dev: Examples, label_names: list[str], teacher_pred) -> None:
+    """No classic baseline for taggers (the TF-IDF model classifies whole texts)."""
+    return None
+
+
 def student_fields(student, ex: Examples) -> dict:
     """The student's OOV share of test pieces (overall and per language)."""
     from components.lib.core.tokens import encode_words

@@ -175,6 +175,7 @@ def _log_parent(cfg: PipelineConfig, parent: str, report: dict, summary: dict) -
         f"teacher.{metric}": (report.get("teacher") or {}).get(metric),
         f"student.{metric}": (report.get("student") or {}).get(metric),
         f"baseline.{metric}": (report.get("baseline") or {}).get(metric),
+        f"tfidf.{metric}": (report.get("tfidf") or {}).get(metric),
         "retention": report.get("retention"), "compression": report.get("compression"),
         "speedup": report.get("speedup"), "pipeline_seconds": summary["seconds"],
     }

@@ -15,8 +15,9 @@ def _millions(value: Any) -> str:
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """One row per model: accuracy (entity F1 for token classification), macro-F1, params,
-    compression, examples/s, speed-up vs the teacher."""
+    """One row per model (the teacher, the TF-IDF baseline when evaluated, every student):
+    accuracy (entity F1 for token classification), macro-F1, params, compression, examples/s,
+    speed-up vs the teacher."""
     metric = report.get("metric", "accuracy")
     title = "entity-F1" if metric == "f1" else metric
     teacher = report.get("teacher") or {}
@@ -24,6 +25,8 @@ def summary_table(report: dict[str, Any]) -> str:
     students = report.get("students") or ({chosen: report["student"]} if "student" in report else {})
     t_params, t_speed = teacher.get("params"), teacher.get("throughput")
     rows = [("teacher", teacher)]
+    if report.get("tfidf"):  # the classic baseline: TF-IDF + logistic regression on the same labels
+        rows.append(("baseline (TF-IDF + LR)", report["tfidf"]))
     for mode, m in students.items():
         role = "student" if mode == chosen else ("baseline" if mode == "labels-only" else "ablation")
         rows.append((f"{role} ({mode})", m))

@@ -42,26 +42,34 @@ def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str,
         report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
 
 
-def dev_block(teacher: dict, students: dict[str, dict], mode: str, metric: str, rows: int) -> dict:
+def dev_block(teacher: dict, students: dict[str, dict], mode: str, metric: str, rows: int,
+              tfidf: dict | None = None) -> dict:
     """What export decides on (int8 keep/drop, the champion gate): every model's `metric` on the dev
-    split (each model dict's "dev" entry), never test. The baseline is the labels-only student."""
+    split (each model dict's "dev" entry), never test. The baseline is the labels-only student;
+    tfidf the TF-IDF + logistic regression model's (its C chosen on this split, as every student's
+    epochs were)."""
     t = teacher["dev"][metric]
     s = students[mode]["dev"][metric]
     baseline = StudentMode.labels_only.value
     b = students[baseline]["dev"][metric] if mode != baseline and baseline in students else None
+    c = tfidf["dev"][metric] if tfidf is not None else None
     return {
         "split": "dev", "rows": rows, "metric": metric, "teacher": t, "student": s,
         "students": {m: v["dev"][metric] for m, v in students.items()}, "baseline": b,
         "retention": s / t if t else 0.0,
         # strictly better: a tie leaves the distilled student (it was the configured choice)
         "baseline_beats_student": b is not None and b > s + 1e-12,
+        "tfidf": c,
+        "tfidf_beats_student": c is not None and c > s + 1e-12,
     }
 
 
 def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], label_names: list[str],
-                 test_rows: int, card: dict | None, metric: str = "accuracy", dev_rows: int = 0) -> dict:
+                 test_rows: int, card: dict | None, metric: str = "accuracy", dev_rows: int = 0,
+                 tfidf: dict | None = None) -> dict:
     """The report.json body; `metric` (accuracy, or entity f1 for token classification) is the
-    headline score. Test scores are reported; the `dev` block (dev_block) is what export decides on."""
+    headline score. Test scores are reported; the `dev` block (dev_block) is what export decides on.
+    `tfidf`, the classic baseline's entry, is reported beside the labels-only one when given."""
     mode = chosen_mode(cfg, list(students))
     student = students[mode]
     rep = {
@@ -70,7 +78,7 @@ def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], 
         "student": student,
         "students": students,
         "retention": student[metric] / teacher[metric] if teacher[metric] else 0.0,
-        "dev": dev_block(teacher, students, mode, metric, dev_rows),
+        "dev": dev_block(teacher, students, mode, metric, dev_rows, tfidf),
         "params": {"teacher": teacher["params"], "student": student["params"]},
         "compression": teacher["params"] / student["params"],
         "throughput": {"teacher": teacher["throughput"], "student": student["throughput"],
@@ -90,4 +98,6 @@ def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], 
     baseline = StudentMode.labels_only.value
     if mode != baseline and baseline in students:
         rep["baseline"] = students[baseline]
+    if tfidf is not None:
+        rep["tfidf"] = tfidf
     return rep

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: Any, digits: int | str = 3) -> str:
+    """A float to `digits` decimals, or to a format spec such as "g"; None as a dash."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return format(value, digits if isinstance(digits, str) else f".{digits}f")
     return str(value)
 
 
@@ -45,20 +46,35 @@ def _metric_name(metric: str) -> str:
     return "entity F1" if metric == "f1" else metric
 
 
+_TRY = ("Try a stronger teacher (`teacher.model`), longer inputs (`teacher.max_length`, `student.max_length`) or more "
+        "transfer data (`data.unlabeled_source`, `data.max_transfer_rows`).")
+
+
 def _warning_lines(report: dict[str, Any]) -> list[str]:
-    """The report's first lines when the labels-only baseline beats the distilled student on dev."""
+    """The report's first lines when a baseline (the labels-only student, TF-IDF + logistic
+    regression) beats the distilled student on dev: export withholds champion then."""
     dev = report.get("dev") or {}
-    if not dev.get("baseline_beats_student"):
-        return []
-    name = _metric_name(dev["metric"])
-    return [
-        f"> **Distillation did not pay off here: export withholds `champion`.** On the dev split the labels-only "
-        f"baseline (dev {name} {_fmt(dev['baseline'])}) beats the distilled student `{report['student']['mode']}` "
-        f"({_fmt(dev['student'])}); a student cannot be better than the teacher it copies (teacher dev {name} "
-        f"{_fmt(dev['teacher'])}). Try a stronger teacher (`teacher.model`), longer inputs (`teacher.max_length`, "
-        "`student.max_length`) or more transfer data (`data.unlabeled_source`, `data.max_transfer_rows`).",
-        "",
-    ]
+    name = _metric_name(dev.get("metric", "accuracy"))
+    lines = []
+    if dev.get("baseline_beats_student"):
+        lines += [
+            f"> **Distillation did not pay off here: export withholds `champion`.** On the dev split the labels-only "
+            f"baseline (dev {name} {_fmt(dev['baseline'])}) beats the distilled student `{report['student']['mode']}` "
+            f"({_fmt(dev['student'])}); a student cannot be better than the teacher it copies (teacher dev {name} "
+            f"{_fmt(dev['teacher'])}). {_TRY}",
+            "",
+        ]
+    if dev.get("tfidf_beats_student"):
+        tfidf = report.get("tfidf") or {}
+        lines += [
+            f"> **A TF-IDF + logistic regression baseline beats the student here: export withholds `champion`.** On the "
+            f"dev split TF-IDF + logistic regression trained on the same {_fmt(tfidf.get('train_rows'))} labeled texts "
+            f"(dev {name} {_fmt(dev['tfidf'])}, C = {_fmt(tfidf.get('c'), 'g')} chosen on dev) beats the distilled "
+            f"student `{report['student']['mode']}` ({_fmt(dev['student'])}; teacher {_fmt(dev['teacher'])}): a bag of words "
+            f"does better with the same labels, at no distillation cost. {_TRY}",
+            "",
+        ]
+    return lines
 
 
 def _headline_lines(report: dict[str, Any], metric: str, unit: str) -> list[str]:
@@ -75,6 +91,14 @@ def _headline_lines(report: dict[str, Any], metric: str, unit: str) -> list[str]
         gain = report["student"][metric] - report["baseline"][metric]
         lines.append(f"- Labels-only baseline (same student, no teacher): {name} {_fmt(report['baseline'][metric])}; "
                      f"distillation gain {gain:+.3f}")
+    if "tfidf" in report:
+        t = report["tfidf"]
+        per_c = ", ".join(f"{c}: {_fmt(a)}" for c, a in t["dev_accuracy_per_c"].items())
+        lines.append(f"- TF-IDF + logistic regression baseline (the same {t['train_rows']} labeled texts, word 1-2 grams, "
+                     f"sublinear tf, min_df {t['min_df']}): {name} {_fmt(t[metric])}; the student's gain "
+                     f"{report['student'][metric] - t[metric]:+.3f}. C = {_fmt(t['c'], 'g')} chosen on dev "
+                     f"(dev accuracy per C: {per_c}; ties go to the smaller C), {t['vocabulary_size']:,} terms, "
+                     f"fit in {_fmt(t['fit_seconds'], 2)} s")
     return lines
 
 
@@ -85,11 +109,14 @@ def _decision_lines(report: dict[str, Any], unit: str) -> list[str]:
         return []
     name = _metric_name(dev["metric"])
     baseline = f", labels-only baseline {_fmt(dev['baseline'])}" if dev.get("baseline") is not None else ""
+    if dev.get("tfidf") is not None:
+        baseline += f", TF-IDF + logistic regression {_fmt(dev['tfidf'])}"
     return [
         "",
         "## Decisions and the split they used",
         "",
-        f"- Best teacher epoch and best student epoch of every phase: the dev split ({dev['rows']} {unit}).",
+        f"- Best teacher epoch and best student epoch of every phase"
+        f"{', and the TF-IDF baseline C' if dev.get('tfidf') is not None else ''}: the dev split ({dev['rows']} {unit}).",
         f"- int8 keep/drop and the `champion` gate (export): dev {name}. Here: teacher {_fmt(dev['teacher'])}, "
         f"student `{report['student']['mode']}` {_fmt(dev['student'])}{baseline}; dev retention {_fmt(dev['retention'])}.",
         f"- Test ({report['test_rows']} {unit}): read by this step only, to report; no decision uses it.",
@@ -131,6 +158,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     rows = [("teacher", teacher)] + [(f"student `{mode}`", m) for mode, m in report["students"].items()]
+    if "tfidf" in report:  # scikit-learn, in the torch columns; no weights file, no ONNX graph
+        rows.append(("TF-IDF + logistic regression (scikit-learn)", report["tfidf"]))
     for name, m in rows:
         lines.append(
             f"| {name} | {_fmt(m['accuracy'])} | {_fmt(m['macro_f1'])} | {_fmt(m['ece'])} | {_fmt(m.get('agreement'))} "

@@ -132,14 +132,19 @@ def build_or_reuse(export_dir: Path, inputs: str, build: Callable[[Path], dict],
 # ---------------------------------------------------------------- the gate and the registry
 
 def gate(score: float, retention: float, min_retention: float, champion_score: float | None,
-         champion_version: str | None, metric: str = "accuracy", baseline: float | None = None) -> str | None:
+         champion_version: str | None, metric: str = "accuracy", baseline: float | None = None,
+         tfidf: float | None = None) -> str | None:
     """None when the version may become champion, else the reason it may not. Every score is a dev
-    score (`metric`: accuracy, or entity f1 for token classification)."""
+    score (`metric`: accuracy, or entity f1 for token classification); baseline is the labels-only
+    student's, tfidf the TF-IDF + logistic regression model's."""
     reasons = []
     if retention < min_retention:
         reasons.append(f"dev retention {retention:.4f} < export.min_retention {min_retention:.4f}")
     if baseline is not None and baseline > score + 1e-12:
         reasons.append(f"the labels-only baseline's dev {metric} {baseline:.4f} beats the distilled student's {score:.4f}")
+    if tfidf is not None and tfidf > score + 1e-12:
+        reasons.append(f"the TF-IDF + logistic regression baseline's dev {metric} {tfidf:.4f} beats the distilled "
+                       f"student's {score:.4f}")
     if champion_score is not None and score < champion_score - 1e-9:  # a float round trip is no regression
         reasons.append(f"dev {metric} {score:.4f} below champion v{champion_version} ({champion_score:.4f})")
     return "; ".join(reasons) or None
@@ -220,7 +225,7 @@ def publish(cfg: PipelineConfig, log_model: Callable[[], Any], tags: dict[str, s
                                                "dev_retention": repr(dev["retention"]), DIGEST_TAG: digest, SOURCE_TAG: source})
         version = str(mv.version)
     reason = gate(dev["student"], dev["retention"], cfg.export.min_retention, champ_score, champ_version, metric,
-                  dev.get("baseline"))
+                  dev.get("baseline"), dev.get("tfidf"))
     if reason is None:
         client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, "distilflow.gate", "passed")

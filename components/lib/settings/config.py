@@ -215,6 +215,9 @@ class EvaluateConfig(Strict):
     throughput_rows: int = Field(512, ge=1, description="test rows used for the throughput measurement")
     ece_bins: int = Field(15, ge=2, description="bins of the expected calibration error")
     decoding: Literal["constrained", "argmax"] = Field("constrained", description="token classification: how per-word logits become tags in the teacher's and students' dev scores, evaluate, export and the exported tagger (constrained: Viterbi over the tag scheme's allowed transitions, never I-X after O or another type; argmax: each word's best tag)")
+    tfidf_baseline: bool = Field(True, description="sequence classification: also fit TF-IDF + logistic regression on "
+                                 "train.parquet (C chosen on dev) and report it; export withholds champion when it "
+                                 "beats the student on dev")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
     output_dir: str | None = Field(None, description="report dir (default <work_dir>/eval)")
 
