@@ -87,7 +87,7 @@ lint: setup
 
 # Rewrite constraints.txt from the venv after an upgrade (torch stays TORCH_SPEC's; the project itself is not pinned).
 constraints: setup
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|distilflow)==' | sort -f > constraints.txt
+	{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|distilflow)==' | sort -f; } > constraints.new && mv constraints.new constraints.txt
 
 compile: setup
 	$(VENV)/bin/distilflow compile -o manifests/pipeline.yaml
