@@ -1,0 +1,89 @@
+"""The five-language ablation: what each lever adds to the student's retention, one row per lever,
+from result files of benchmarks/multilingual_ner.py runs that share one teacher recipe.
+
+    python benchmarks/ablation.py \
+        --row "today's recipe=benchmarks/results/uner.json" \
+        --row "+ unlabeled text=runs/bench_unlabeled/uner.json" ... \
+        [--into benchmarks/results/uner.json]
+
+Each row: macro teacher / student F1, retention mean and min over languages, compression, speed-up,
+seeds, and the retention it adds over the row before. A row whose teacher F1 differs from the first
+row's by more than 0.005 is flagged (`same_teacher: false`): retention must not come from a weaker
+teacher. `--into` writes the rows under the `ablation` key of that result file (its other keys
+untouched); the table is printed as Markdown. Never run by CI; reads only the files named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SAME_TEACHER_TOL = 0.005
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--row", action="append", required=True, metavar="LABEL=RESULT.json",
+                   help="a lever and the multilingual_ner.py result measuring it (in order; repeatable)")
+    p.add_argument("--into", default=None, help="result JSON that gets the `ablation` key")
+    return p.parse_args(argv)
+
+
+def row(label: str, result: dict[str, Any], source: str) -> dict[str, Any]:
+    macro = result["macro_f1"]
+    return {"lever": label, "source": source, "command": result.get("command"), "seeds": result["seeds"],
+            "teacher_f1": macro["teacher"]["mean"], "student_f1": macro["student"]["mean"],
+            "baseline_f1": macro["baseline"]["mean"], "retention_mean": result["retention_mean"],
+            "retention_min": result["retention_min"], "compression": result["compression"],
+            "speedup": result["speedup"]["mean"], "params_student": result["params"]["student"]}
+
+
+def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the retention each adds over the one before and whether the teacher is the first row's."""
+    out = []
+    for i, r in enumerate(rows):
+        out.append({**r, "adds": None if i == 0 else r["retention_mean"] - rows[i - 1]["retention_mean"],
+                    "same_teacher": abs(r["teacher_f1"] - rows[0]["teacher_f1"]) <= SAME_TEACHER_TOL})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| lever | teacher F1 | student F1 | retention (mean / min) | adds | compression | speed-up | seeds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        adds = "" if r["adds"] is None else f"{r['adds']:+.3f}"
+        flag = "" if r["same_teacher"] else " (other teacher)"
+        lines.append(f"| {r['lever']} | {r['teacher_f1']:.3f}{flag} | {r['student_f1']:.3f} | {r['retention_mean']:.3f} / "
+                     f"{r['retention_min']:.3f} | {adds} | {r['compression']:.1f}x | {r['speedup']:.1f}x | {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from components.lib.contracts import data
+
+    rows = []
+    for spec in args.row:
+        label, sep, path = spec.partition("=")
+        if not sep or not label.strip():
+            raise SystemExit(f"--row {spec!r}: expected LABEL=RESULT.json")
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"{path}: cannot read a result ({err})") from None
+        rows.append(row(label.strip(), result, path))
+    rows = table(rows)
+    if args.into:
+        into = Path(args.into)
+        data.write_json(into, {**json.loads(into.read_text()), "ablation": rows})
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""benchmarks/ablation.py: one row per lever from multilingual_ner.py result files, the retention
+each adds over the row before, a teacher that changed flagged, and the rows written under
+`ablation` without touching the rest of the result file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def result(teacher: float, student: float, retention: float, seeds: int = 3) -> dict:
+    ms = lambda v: {"mean": v, "std": 0.0, "n": seeds, "values": [v] * seeds}  # noqa: E731
+    return {"macro_f1": {"teacher": ms(teacher), "student": ms(student), "baseline": ms(0.5)}, "seeds": seeds,
+            "retention_mean": retention, "retention_min": retention - 0.05, "compression": 24.1,
+            "speedup": ms(68.0), "params": {"student": 4877321, "teacher": 117509385}, "command": "x"}
+
+
+def test_rows_adds_and_teacher_flag(tmp_path):
+    files = {}
+    for name, res in (("base", result(0.754, 0.645, 0.855)), ("unl", result(0.754, 0.690, 0.910, 1)),
+                      ("weak", result(0.700, 0.680, 0.950, 1))):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(res))
+    into = tmp_path / "uner.json"
+    into.write_text(json.dumps({**result(0.754, 0.645, 0.855), "languages": {"da": {}}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--row", f"today={files['base']}",
+                           "--row", f"+ unlabeled text={files['unl']}", "--row", f"+ weaker teacher={files['weak']}",
+                           "--into", str(into)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(into.read_text())
+    assert written["languages"] == {"da": {}}  # the rest of the file untouched
+    rows = written["ablation"]
+    assert [r["lever"] for r in rows] == ["today", "+ unlabeled text", "+ weaker teacher"]
+    assert rows[0]["adds"] is None and abs(rows[1]["adds"] - 0.055) < 1e-9
+    assert [r["same_teacher"] for r in rows] == [True, True, False]
+    assert "| + unlabeled text | 0.754 | 0.690 | 0.910 / 0.860 | +0.055 |" in proc.stdout
+    assert "0.700 (other teacher)" in proc.stdout
