@@ -125,3 +125,30 @@ def test_explicit_student_dirs_and_missing_inputs(tmp_path, packaged_teacher_dir
     (root / "data" / "test.parquet").unlink()
     with pytest.raises(UserError, match="test.parquet: file not found"):
         evaluate.run(cfg, student_dirs={"labels-only": moved})
+
+
+def test_speed_is_timed_interleaved_in_rounds_with_the_median_kept(tmp_path):
+    """interleaved_timings times every model once a round, in an order rotated each round, and keeps
+    each model's median with its rounds; ratios are taken per round (same machine state)."""
+    import time as _time
+
+    from components.lib.evaluation.protocol import interleaved_timings, ratio_rounds, round_order
+
+    calls: list[str] = []
+
+    def model(name: str, cost: float):
+        def predict(batch):
+            calls.append(name)
+            _time.sleep(cost * len(batch))
+        return predict
+
+    cfg = tiny_cfg(tmp_path, None, evaluate={"timing_rounds": 3, "throughput_rows": 8, "batch_size": 4, "latency_runs": 2})
+    out = interleaved_timings({"a": model("a", 0.001), "b": model("b", 0.004)}, ["x"] * 8, cfg)
+    for v in out.values():
+        assert len(v["throughput_rounds"]) == 3 and v["throughput"] == sorted(v["throughput_rounds"])[1]
+        assert set(v["latency_ms"]) == {"p50", "p95", "mean"} and len(v["latency_p50_rounds"]) == 3
+    assert out["a"]["throughput"] > 2 * out["b"]["throughput"]
+    assert calls.count("a") == calls.count("b") > 0  # both timed the same number of times
+    assert [round_order(["t", "s", "o"], r) for r in range(4)] == [["t", "s", "o"], ["s", "o", "t"], ["o", "t", "s"], ["t", "s", "o"]]
+    r = ratio_rounds([10.0, 30.0, 20.0], [1.0, 2.0, 4.0])
+    assert r["rounds"] == [10.0, 15.0, 5.0] and r["median"] == 10.0 and (r["min"], r["max"]) == (5.0, 15.0)

@@ -33,7 +33,7 @@ from components.lib.contracts import data
 from components.lib.core.errors import UserError
 from components.lib.core.task import Task
 from components.lib.evaluation import report
-from components.lib.evaluation.protocol import build_report, find_students, timings
+from components.lib.evaluation.protocol import build_report, find_students, interleaved_timings
 from components.lib.settings.cli import step_main
 from components.lib.settings.config import PipelineConfig
 from components.lib.tracking import runs as tracking
@@ -47,8 +47,9 @@ LOGGED_KEYS = ("teacher", "students", "retention", "dev", "params", "compression
 
 
 def evaluate_teacher(cfg: PipelineConfig, task: EvalHooks, test: Examples, dev: Examples,
-                     label_names: list[str]) -> tuple[dict, Any]:
-    """The teacher's entry of report.json and its test predictions (what agreement compares with)."""
+                     label_names: list[str]) -> tuple[dict, Any, Any]:
+    """The teacher's entry of report.json (its speed filled in later, interleaved with the
+    students'), its test predictions (what agreement compares with) and its forward."""
     from components.lib.core.torch_utils import count_parameters
     from components.lib.models.teacher import label_names_of
 
@@ -60,19 +61,17 @@ def evaluate_teacher(cfg: PipelineConfig, task: EvalHooks, test: Examples, dev: 
     with tqdm(total=len(test.inputs), desc=task.LINES.progress, unit=task.LINES.unit, disable=None) as bar:
         logits = forward(test.inputs, progress=bar.update)
     task.log.info(task.LINES.scored, len(test.inputs), time.perf_counter() - t0)
-    speed, lat = timings(forward, test.inputs, cfg)
     out, pred = task.scores(logits, test, label_names, cfg)
     out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names, cfg)
     out.update(model=cfg.transfer.teacher or str(cfg.teacher_dir), path=str(path), max_length=cfg.teacher.max_length,
-               params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None,
-               throughput=speed, latency_ms=lat)
-    task.log.info(task.LINES.teacher, out[task.METRIC], speed, lat["p50"])
-    return out, pred
+               params=count_parameters(model), size_bytes=report.dir_size_bytes(Path(path)) if isinstance(path, Path) else None)
+    return out, pred, forward
 
 
 def evaluate_student(cfg: PipelineConfig, task: EvalHooks, path: Path, test: Examples, dev: Examples,
-                     label_names: list[str], teacher_pred: Any, scratch: Path) -> dict:
-    """One student's entry of report.json: torch and ONNX Runtime (exported into `scratch`)."""
+                     label_names: list[str], teacher_pred: Any, scratch: Path) -> tuple[dict, dict[str, Any]]:
+    """One student's entry of report.json (speed filled in later) and its forwards to time: torch
+    and ONNX Runtime (exported into `scratch`)."""
     from components.lib.core.torch_utils import count_parameters
     from components.lib.publish.onnx import export_onnx, ort_session
 
@@ -80,18 +79,30 @@ def evaluate_student(cfg: PipelineConfig, task: EvalHooks, path: Path, test: Exa
     if st.label_names != label_names:
         raise UserError(f"{path}/config.json: label_names {st.label_names} differ from the test split's {label_names}")
     out, pred = task.scores(forward(test.inputs), test, label_names, cfg)
-    speed, lat = timings(forward, test.inputs, cfg)
     onnx_path = export_onnx(st, scratch / f"{st.mode.replace('+', '_')}.onnx", cfg.export.opset)
     session = ort_session(onnx_path, cfg.evaluate.num_threads)
-    speed_onnx, lat_onnx = timings(lambda batch: onnx_forward(session, batch), test.inputs, cfg)
     out["dev"] = task.dev_scores(forward(dev.inputs), dev, label_names, cfg)
     out.update(mode=st.mode, path=str(path), max_length=st.max_length, agreement=task.agreement(pred, teacher_pred),
                params=count_parameters(st.model), size_bytes=report.dir_size_bytes(path),
-               onnx_size_bytes=onnx_path.stat().st_size, throughput=speed, latency_ms=lat,
-               throughput_onnx=speed_onnx, latency_ms_onnx=lat_onnx)
+               onnx_size_bytes=onnx_path.stat().st_size)
     out.update(task.student_fields(st, test))
-    task.log.info(task.LINES.student, st.mode, out[task.METRIC], out["agreement"], speed, speed_onnx)
-    return out
+    return out, {"torch": forward, "onnx": lambda batch: onnx_forward(session, batch)}
+
+
+def add_timings(cfg: PipelineConfig, task: EvalHooks, teacher: dict, teacher_forward: Any, students: dict[str, dict],
+                forwards: dict[str, dict[str, Any]], test: Examples) -> None:
+    """Every model's speed, timed interleaved (protocol.interleaved_timings), into its report entry."""
+    models = {"teacher": teacher_forward}
+    for mode, fw in forwards.items():
+        models[f"{mode}/torch"], models[f"{mode}/onnx"] = fw["torch"], fw["onnx"]
+    timed = interleaved_timings(models, test.inputs, cfg)
+    teacher.update(timed["teacher"])
+    task.log.info(task.LINES.teacher, teacher[task.METRIC], teacher["throughput"], teacher["latency_ms"]["p50"])
+    for mode, out in students.items():
+        t, o = timed[f"{mode}/torch"], timed[f"{mode}/onnx"]
+        out.update(t, throughput_onnx=o["throughput"], throughput_onnx_rounds=o["throughput_rounds"],
+                   latency_ms_onnx=o["latency_ms"], latency_p50_onnx_rounds=o["latency_p50_rounds"])
+        task.log.info(task.LINES.student, mode, out[task.METRIC], out["agreement"], out["throughput"], out["throughput_onnx"])
 
 
 def log_run(tr, task: EvalHooks, rep: dict, eval_dir: Path) -> None:
@@ -121,11 +132,14 @@ def run(cfg: PipelineConfig, student_dirs: dict[str, Path] | None = None) -> Eva
         task_param = {} if task.LOGGED_TASK is None else {"task": task.LOGGED_TASK}
         tr.log_params({"evaluate": cfg.evaluate.model_dump(mode="json"), **task_param,
                        "students": {m.replace("+", "_"): str(p) for m, p in dirs.items()}, "test_rows": len(test.inputs)})
-        teacher, teacher_pred = evaluate_teacher(cfg, task, test, dev, label_names)
+        teacher, teacher_pred, teacher_forward = evaluate_teacher(cfg, task, test, dev, label_names)
         tfidf = task.classic_baseline(cfg, test, dev, label_names, teacher_pred)
         with tempfile.TemporaryDirectory() as scratch:
-            students = {m: evaluate_student(cfg, task, p, test, dev, label_names, teacher_pred, Path(scratch))
-                        for m, p in dirs.items()}
+            scored = {m: evaluate_student(cfg, task, p, test, dev, label_names, teacher_pred, Path(scratch))
+                      for m, p in dirs.items()}
+            students = {m: out for m, (out, _) in scored.items()}
+            add_timings(cfg, task, teacher, teacher_forward, students, {m: fw for m, (_, fw) in scored.items()}, test)
+            del teacher_forward, scored
         rep = task.complete_report(build_report(cfg, teacher, students, label_names, len(test.inputs), card,
                                                 metric=task.METRIC, dev_rows=len(dev.inputs), tfidf=tfidf), test)
         with data.atomic_dir(cfg.eval_dir) as out:

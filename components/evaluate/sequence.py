@@ -111,7 +111,7 @@ def classic_baseline(cfg: PipelineConfig, test: Examples, dev: Examples, label_n
     logits = fit.logits(test.inputs)
     out, _ = scores(logits, test, label_names, cfg)
     speed, lat = timings(fit.logits, test.inputs, cfg)
-    out["dev"] = dev_scores(fit.logits(dev.inputs), dev, label_names)
+    out["dev"] = dev_scores(fit.logits(dev.inputs), dev, label_names, cfg)
     out.update(
         model="tfidf+logreg", features="word 1-2 grams, sublinear tf, L2 rows", min_df=fit.min_df,
         solver="lbfgs", max_iter=MAX_ITER, train_rows=len(train.inputs), c=fit.c, c_grid=list(fit.grid),

@@ -1,11 +1,15 @@
 """What both evaluate paths share: which students to evaluate, which one is the headline, the
-timing protocol (items/s at evaluate.batch_size, batch-1 latency), the dev-split block every
-later decision reads, and the report.json body.
+timing protocol (items/s at evaluate.batch_size, batch-1 latency; every model timed once a round
+over evaluate.timing_rounds rounds, interleaved, the median kept with its spread), the dev-split
+block every later decision reads, and the report.json body.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from components.lib.core.errors import UserError
 from components.lib.evaluation import report
@@ -40,6 +44,37 @@ def timings(predict, texts: list, cfg: PipelineConfig) -> tuple[float, dict[str,
     bs = cfg.evaluate.batch_size
     return report.throughput(predict, report.repeat_to(texts, cfg.evaluate.throughput_rows), bs), \
         report.latency_ms(predict, texts, cfg.evaluate.latency_runs)
+
+
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round r's timing order: the names rotated by r, so no model always goes first (or last)."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
+def interleaved_timings(models: dict[str, Callable], texts: list, cfg: PipelineConfig) -> dict[str, dict]:
+    """name -> {throughput (median items/s), throughput_rounds, latency_ms (median p50/p95/mean over
+    rounds), latency_p50_rounds}. Each round times every model once, the order rotated each round, so
+    a burst of other work on the machine lands on all models alike rather than on one."""
+    names = list(models)
+    rounds: dict[str, list] = {n: [] for n in names}
+    for r in range(cfg.evaluate.timing_rounds):
+        for n in round_order(names, r):
+            rounds[n].append(timings(models[n], texts, cfg))
+    out = {}
+    for n in names:
+        speeds = [s for s, _ in rounds[n]]
+        lats = [lat for _, lat in rounds[n]]
+        out[n] = {"throughput": float(np.median(speeds)), "throughput_rounds": speeds,
+                  "latency_ms": {k: float(np.median([lat[k] for lat in lats])) for k in lats[0]},
+                  "latency_p50_rounds": [lat["p50"] for lat in lats]}
+    return out
+
+
+def ratio_rounds(a: list[float], b: list[float]) -> dict[str, float | list[float]]:
+    """Median, min and max of the per-round ratios a_r / b_r (same round: same machine state)."""
+    r = [x / y for x, y in zip(a, b, strict=True)]
+    return {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r)), "rounds": r}
 
 
 def dev_block(teacher: dict, students: dict[str, dict], mode: str, metric: str, rows: int,
@@ -85,6 +120,7 @@ def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], 
                        "student_onnx": student["throughput_onnx"]},
         "speedup": student["throughput"] / teacher["throughput"],
         "speedup_onnx": student["throughput_onnx"] / teacher["throughput"],
+        "timing_rounds": cfg.evaluate.timing_rounds,
         "latency_ms": {"teacher": teacher["latency_ms"], "student": student["latency_ms"],
                        "student_onnx": student["latency_ms_onnx"]},
         "label_names": label_names,
@@ -95,6 +131,10 @@ def build_report(cfg: PipelineConfig, teacher: dict, students: dict[str, dict], 
         "data_card": card,
         "environment": report.environment(),
     }
+    if "throughput_rounds" in student and "throughput_rounds" in teacher:
+        # the same ratios per timing round: what a busy machine does to them (README: speed figures)
+        rep["speedup_rounds"] = ratio_rounds(student["throughput_rounds"], teacher["throughput_rounds"])
+        rep["speedup_onnx_rounds"] = ratio_rounds(student["throughput_onnx_rounds"], teacher["throughput_rounds"])
     baseline = StudentMode.labels_only.value
     if mode != baseline and baseline in students:
         rep["baseline"] = students[baseline]

@@ -77,6 +77,16 @@ def _warning_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _spread(report: dict[str, Any]) -> str:
+    """' (median of N interleaved timing rounds, per-round a-b)' when the report has rounds."""
+    r = report.get("speedup_rounds")
+    if not r:
+        return ""
+    o = report["speedup_onnx_rounds"]
+    return (f" (median of {len(r['rounds'])} interleaved timing rounds; per round torch {r['min']:.1f}-{r['max']:.1f}x, "
+            f"ONNX {o['min']:.1f}-{o['max']:.1f}x)")
+
+
 def _headline_lines(report: dict[str, Any], metric: str, unit: str) -> list[str]:
     """Retention, compression, speed-up and the labels-only baseline's gain, below the scores table."""
     name = _metric_name(metric)
@@ -85,7 +95,7 @@ def _headline_lines(report: dict[str, Any], metric: str, unit: str) -> list[str]
         f"- **Retention** (student / teacher {name}): {_fmt(report['retention'])}",
         f"- **Compression** (teacher / student parameters): {_fmt(report['compression'], 1)}x",
         f"- **Speed-up** (student / teacher {unit}/s at batch {report['batch_size']}): torch "
-        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x",
+        f"{_fmt(report['speedup'], 1)}x, ONNX Runtime {_fmt(report.get('speedup_onnx'), 1)}x" + _spread(report),
     ]
     if "baseline" in report:
         gain = report["student"][metric] - report["baseline"][metric]

@@ -214,6 +214,7 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(256, ge=1, description="batch for throughput measurement")
     latency_runs: int = Field(50, ge=1, description="batch-1 calls timed for p50/p95")
     throughput_rows: int = Field(512, ge=1, description="test rows used for the throughput measurement")
+    timing_rounds: int = Field(3, ge=1, le=50, description="rounds of the speed measurement: every model is timed once a round, in a rotating order, and the report gives each model's median with its spread (and the median of the per-round student/teacher ratios)")
     ece_bins: int = Field(15, ge=2, description="bins of the expected calibration error")
     decoding: Literal["constrained", "argmax"] = Field("constrained", description="token classification: how per-word logits become tags in the teacher's and students' dev scores, evaluate, export and the exported tagger (constrained: Viterbi over the tag scheme's allowed transitions, never I-X after O or another type; argmax: each word's best tag)")
     tfidf_baseline: bool = Field(True, description="sequence classification: also fit TF-IDF + logistic regression on "
