@@ -364,3 +364,19 @@ def write_uner_like(root: Path, langs: tuple[str, ...] = ("aa", "bb", "cc"), tra
 def language_sources(root: Path, langs: tuple[str, ...] = ("aa", "bb", "cc")) -> list[dict]:
     return [{"lang": lang, "source": str(root / lang / "train.iob2"), "test_source": str(root / lang / "test.iob2")}
             for lang in langs]
+
+
+def write_masakhaner_like(root: Path, langs: tuple[str, ...] = ("mm",), train: int = 60, test: int = 20,
+                          date_every: int = 0) -> Path:
+    """<root>/<lang>/{train,test}.txt in MasakhaNER's layout: `word TAG` with ONE space, a blank line
+    between sentences, no comments; date_every > 0 tags the last word of every such sentence B-DATE."""
+    for k, lang in enumerate(langs):
+        sents, tags, names = make_ner_sentences(train + test, seed=300 + k)
+        rows = [[(w if i % 2 else f"{lang}{w}", names[t]) for i, (w, t) in enumerate(zip(s, ts, strict=True))]
+                for s, ts in zip(sents, tags, strict=True)]
+        if date_every:
+            rows = [r[:-1] + [(r[-1][0], "B-DATE")] if n % date_every == 0 else r for n, r in enumerate(rows)]
+        for part, chunk in (("train", rows[:train]), ("test", rows[train:])):
+            (root / lang).mkdir(parents=True, exist_ok=True)
+            (root / lang / f"{part}.txt").write_text("".join("".join(f"{w} {t}\n" for w, t in r) + "\n" for r in chunk))
+    return root

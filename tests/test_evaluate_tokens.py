@@ -167,7 +167,10 @@ def test_token_evaluate_report_per_language_and_mlflow(tmp_path, tiny_bert_dir, 
                                                    f"| {d['invalid_transitions_argmax']} | {d['sentences_changed']} |") in md
     assert md.index("**Per-language retention**") < md.index("## What was distilled")
     assert f"mean {rep['languages_summary']['retention_mean']:.3f}" in md
-    assert "| language | sentences | entities | teacher P | teacher R | teacher F1 | baseline P" in md
+    assert ("| language | teacher F1 | labels-only baseline F1 | student F1 | retention | student OOV | test sentences "
+            "| entities |") in md
+    vocab = rep["student"]["vocab"]
+    assert vocab["size"] == len(load_student(rep["student"]["path"]).vocab) and f"Student vocabulary: {vocab['size']:,}" in md
     assert "| macro (unweighted) |" in md and "student OOV" in md and "(f1_per_language.png)" in md
     for name in ("f1_vs_speed.png", "f1_per_type.png", "f1_per_language.png"):
         assert (root / "eval" / name).read_bytes()[:4] == b"\x89PNG"

@@ -183,7 +183,8 @@ def write_student(out_dir: Path, task: DistillHooks, mode: StudentMode, st: Stud
     }
     with data.atomic_dir(out_dir) as tmp:
         save_student(tmp, st.model, st.arch, st.vocab, st.tokenizer, inputs.label_names, mode.value, s.max_length,
-                     teacher_info(st.teacher_path, st.teacher_matrix))
+                     teacher_info(st.teacher_path, st.teacher_matrix),
+                     {"max_vocab": s.max_vocab, "min_count": s.min_count, "counted_on": "train + transfer"})
         data.write_json(tmp / "metrics.json", metrics)
     return metrics
 

@@ -172,7 +172,9 @@ def student_fields(student, ex: Examples) -> dict:
 
     # The pieces the student sees: the same encoding and truncation as student_io.word_ids.
     pieces = encode_words(student.tokenizer, ex.inputs, student.max_length).input_ids
-    return ner_metrics.oov_rates(pieces, student.vocab, special_piece_ids(student.tokenizer), ex.langs)
+    # how the vocabulary was sized: student dirs written before this was recorded give only the size
+    vocab = {"size": len(student.vocab), **student.config.get("vocab", {})}
+    return {**ner_metrics.oov_rates(pieces, student.vocab, special_piece_ids(student.tokenizer), ex.langs), "vocab": vocab}
 
 
 def complete_report(rep: dict, test: Examples) -> dict:

@@ -24,7 +24,6 @@ and transfer. Tables: the token contracts of lib/contracts/token_data.py. Reache
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +38,16 @@ from components.lib.core.task import Task
 from components.lib.settings.config import DataConfig
 from components.lib.sources.augment import mention_replacement
 from components.lib.sources.splits import HOLDOUT, SAMPLE, SHUFFLE, label_budgets, rng
-from components.lib.sources.token_ingest import RawSentences, load_labeled, load_languages, load_unlabeled
+from components.lib.sources.token_ingest import (
+    RawSentences,
+    language_config,
+    load_labeled,
+    load_languages,
+    load_unlabeled,
+)
 from components.lib.sources.unlabeled_text import read_language_unlabeled
 from components.prepare_data.hooks import SPLITS, Inputs
+from components.prepare_data.token_facts import IOB_TAG, map_tags, read_facts
 
 log = logging.getLogger("distilflow.prepare_data")
 
@@ -51,7 +57,6 @@ COUNT_DUPLICATES = True
 TASK_FIELDS = {"task": Task.token_classification.value}
 AUGMENT, UNLABELED = 7, 8  # sampling streams (lib/sources/splits.py rng purposes) of augmentation, per-language caps
 PREFIX_ORDER = "BIESLU"  # B- before I- (then IOBES / BILOU ends) within an entity type
-IOB_TAG = re.compile(r"^(O|[BIESLU][-_]\S+)$")  # IOB1/IOB2, IOBES and BILOU tags
 
 
 class PrepareTokensResult(BaseModel):
@@ -214,6 +219,12 @@ def has_lang(frame: pd.DataFrame) -> bool:
 def read(dc: DataConfig) -> Inputs:
     """Train and test sentences (their tags encoded) and the unlabeled sentences, as frames."""
     raw_trains, raw_tests, sources = read_labeled(dc)
+    facts: dict = {"read": read_facts(raw_trains, raw_tests, bool(dc.languages))}
+    if dc.languages:
+        facts["reader"] = {ls.lang: t.provenance["reader"] for ls, t in zip(dc.languages, raw_trains, strict=True)}
+    if dc.label_map:
+        facts["label_map"] = {"map": dict(dc.label_map),
+                              "tags_mapped": map_tags(raw_trains + raw_tests, dc.label_map, dc.label_names)}
     space = tag_space(dc, raw_trains + raw_tests)
     train = frames_of(raw_trains, space)
     test = frames_of(raw_tests, space) if raw_tests else None
@@ -224,7 +235,7 @@ def read(dc: DataConfig) -> Inputs:
         pools.append(frame_of(raw_u, None))
     for ls in dc.languages or []:
         if ls.unlabeled:
-            frame, prov = read_language_unlabeled(ls, dc)
+            frame, prov = read_language_unlabeled(ls, language_config(dc, ls))
             sources.setdefault("unlabeled_per_language", {})[ls.lang] = prov
             pools.append(frame.assign(tags=None, key=[sentence_key(w) for w in frame["tokens"]]))
     unlabeled = None
@@ -232,7 +243,7 @@ def read(dc: DataConfig) -> Inputs:
         unlabeled = pd.concat(pools, ignore_index=True)
         unlabeled = unlabeled.assign(order=np.arange(len(unlabeled)))
     return Inputs(train, test, unlabeled, space.names, space.origin, ", ".join(r.where for r in raw_trains),
-                  sources, {}, {})
+                  sources, {}, facts)
 
 
 def hold_out_test(train: pd.DataFrame, dc: DataConfig, got: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:

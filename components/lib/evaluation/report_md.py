@@ -160,6 +160,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Test set: {report['test_rows']} examples (read only by this step)",
         f"- Student: BiLSTM ({_millions(student['params'])} parameters, {student['max_length']} tokens), "
         f"mode `{student['mode']}`",
+        *_vocab_line(student),
         "",
         "## How well, how small, how fast",
         "",
@@ -224,34 +225,39 @@ def _prf(m: dict[str, Any] | None) -> list[str]:
     return [_fmt(m.get("precision")), _fmt(m.get("recall")), _fmt(m.get("f1"))]
 
 
-def _language_lines(report: dict[str, Any]) -> list[str]:
-    """Entity P/R/F1 per language for teacher, labels-only baseline and chosen student, their
-    unweighted mean over languages, retention and the student's OOV share; F1 of other students."""
+def language_lines(report: dict[str, Any]) -> list[str]:
+    """Entity F1 per language of teacher, labels-only baseline and chosen student, weakest student
+    first; retention, the student's OOV share and the test sentences; the unweighted mean over
+    languages; F1 of other students."""
     teacher, student, baseline = report["teacher"], report["student"], report.get("baseline")
     summary = (report.get("languages_summary") or {}).get("per_language", {})
-    trio = [("teacher", teacher)] + ([("baseline", baseline)] if baseline else []) + [("student", student)]
+    trio = [("teacher", teacher)] + ([("labels-only baseline", baseline)] if baseline else []) + [("student", student)]
     shown = {student["mode"], baseline["mode"] if baseline else None}
     others = [(mode, m) for mode, m in report["students"].items() if mode not in shown]
-    head = [f"{name} {x}" for name, _ in trio for x in ("P", "R", "F1")] + ["retention", "student OOV"]
+    head = [f"{name} F1" for name, _ in trio] + ["retention", "student OOV", "test sentences", "entities"]
     head += [f"F1 `{mode}`" for mode, _ in others]
+    f1 = lambda m, lang: m.get("per_language", {}).get(lang, {}).get("f1")  # noqa: E731
+    order = sorted(teacher["per_language"], key=lambda lang: (f1(student, lang) if f1(student, lang) is not None else -1, lang))
     lines = ["", "## Entity F1 per language", "",
              f"Teacher, {'labels-only baseline, ' if baseline else ''}"
-             f"student `{student['mode']}`: entity precision (P), recall (R) and F1 per language; the macro row is "
-             "their unweighted mean over languages. Retention: student / teacher F1. Student OOV: share of the "
+             f"student `{student['mode']}`: entity F1 per language, the weakest student first; the macro row is "
+             "the unweighted mean over languages. Retention: student / teacher F1. Student OOV: share of the "
              "student's test word pieces (CLS/SEP/pad excluded) its trimmed vocabulary maps to UNK "
              f"({_fmt(student.get('oov_rate'))} over all languages).", "",
-             "| language | sentences | entities | " + " | ".join(head) + " |",
-             "| --- | ---: | ---: | " + " | ".join("---:" for _ in head) + " |"]
-    for lang in sorted(teacher["per_language"]):
+             "| language | " + " | ".join(head) + " |",
+             "| --- | " + " | ".join("---:" for _ in head) + " |"]
+    for lang in order:
         t = teacher["per_language"][lang]
-        cells = [c for _, m in trio for c in _prf(m.get("per_language", {}).get(lang))]
-        cells += [_fmt(summary.get(lang, {}).get("retention")), _fmt(student.get("oov_rate_per_language", {}).get(lang))]
-        cells += [_fmt(m.get("per_language", {}).get(lang, {}).get("f1")) for _, m in others]
-        lines.append(f"| {lang} | {t['sentences']} | {t['entities_gold']} | " + " | ".join(cells) + " |")
-    macro = [_fmt(m.get(f"language_macro_{x}")) for _, m in trio for x in ("precision", "recall", "f1")]
-    macro += [_fmt((report.get("languages_summary") or {}).get("retention_mean")), "–"]
+        cells = [_fmt(f1(m, lang)) for _, m in trio]
+        cells += [_fmt(summary.get(lang, {}).get("retention")), _fmt(student.get("oov_rate_per_language", {}).get(lang)),
+                  str(t["sentences"]), str(t["entities_gold"])]
+        cells += [_fmt(f1(m, lang)) for _, m in others]
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    macro = [_fmt(m.get("language_macro_f1")) for _, m in trio]
+    macro += [_fmt((report.get("languages_summary") or {}).get("retention_mean")), _fmt(student.get("oov_rate")),
+              str(sum(t["sentences"] for t in teacher["per_language"].values())), "–"]
     macro += [_fmt(m.get("language_macro_f1")) for _, m in others]
-    lines.append("| macro (unweighted) | – | – | " + " | ".join(macro) + " |")
+    lines.append("| macro (unweighted) | " + " | ".join(macro) + " |")
     return lines
 
 
@@ -271,6 +277,22 @@ def _decoding_lines(report: dict[str, Any], models: list[tuple[str, dict]]) -> l
     return lines
 
 
+def _vocab_line(student: dict[str, Any]) -> list[str]:
+    """How big the student's vocabulary is and how it was sized (student.max_vocab, min_count)."""
+    v = student.get("vocab")
+    if not v:
+        return []
+    cap, least = v.get("max_vocab"), v.get("min_count")
+    how = ""
+    if "min_count" in v:
+        binds = "the cap binds" if cap is not None and v["size"] >= cap else "every such piece kept"
+        how = (f": the teacher pieces seen at least {least} time(s) (student.min_count) in "
+               f"{v.get('counted_on', 'the training texts')}, most frequent first, capped by student.max_vocab "
+               f"{cap if cap is not None else 'none'} ({binds}), plus pad/unk and the specials")
+    of = f" of the teacher's {v['teacher_vocab_size']:,}" if v.get("teacher_vocab_size") else ""
+    return [f"- Student vocabulary: {v['size']:,} word pieces{of}{how}"]
+
+
 def render_ner_markdown(report: dict[str, Any]) -> str:
     """The token-classification report: entity F1 (overall, per type, per language), size, speed."""
     teacher, student = report["teacher"], report["student"]
@@ -287,6 +309,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
         f"- Test set: {report['test_rows']} sentences, {report.get('test_words', '–')} words (read only by this step)",
         f"- Student: BiLSTM tagger ({_millions(student['params'])} parameters, {student['max_length']} pieces), "
         f"mode `{student['mode']}`",
+        *_vocab_line(student),
         "",
         "## How well, how small, how fast",
         "",
@@ -316,7 +339,7 @@ def render_ner_markdown(report: dict[str, Any]) -> str:
         cells = [_fmt(m["per_type"][typ]["f1"]) if typ in m["per_type"] else "–" for _, m in models]
         lines.append(f"| {typ} | {_fmt(support)} | " + " | ".join(cells) + " |")
     if "per_language" in teacher:
-        lines += _language_lines(report)
+        lines += language_lines(report)
     lines += [
         *_measured_lines(report["environment"]),
         f"Throughput is pre-split sentences in, per-word logits out (word-piece tokenisation and alignment included) "

@@ -44,9 +44,11 @@ class LoadedStudent:
 def save_student(
     out_dir: str | Path, model: BiLSTMStudent, arch: StudentArch, vocab: VocabMap, tokenizer: Any,
     label_names: Sequence[str], mode: str, max_length: int, teacher: dict | None = None,
+    vocab_sizing: dict | None = None,
 ) -> None:
     """config.json records arch.task; a token-classification student predicts one tag per word
-    (at its first piece), so its consumers call predict_word_logits instead of predict_logits."""
+    (at its first piece), so its consumers call predict_word_logits instead of predict_logits.
+    config.json's `vocab`: the kept pieces and, given `vocab_sizing`, how they were chosen."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -54,6 +56,7 @@ def save_student(
     config = {
         "format": FORMAT, "arch": arch.to_dict(), "label_names": list(label_names), "mode": str(mode),
         "max_length": int(max_length), "parameters": count_parameters(model), "teacher": teacher or {},
+        "vocab": {"size": len(vocab), "teacher_vocab_size": vocab.teacher_vocab_size, **(vocab_sizing or {})},
     }
     tokenizer.save_pretrained(str(out))  # before config.json: tokenizer files never clobber it
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

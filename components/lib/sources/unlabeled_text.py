@@ -23,7 +23,7 @@ from components.lib.core.errors import DataError, UserError
 from components.lib.settings.config import DataConfig, LanguageSource
 from components.lib.sources import remote
 from components.lib.sources.ingest import open_source, unlabeled_split
-from components.lib.sources.token_ingest import read_conll_sentences, split_words, table_sentences
+from components.lib.sources.token_ingest import read_conll_file, split_words, table_sentences
 
 LINE_SUFFIXES = (".txt", ".text")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -83,7 +83,7 @@ def _read_one(spec: str, dc: DataConfig, ls: LanguageSource) -> tuple[list[list[
     where = f"{spec} ({_entry(ls)})"
     suffix = remote.suffix(spec)
     if suffix in CONLL_SUFFIXES:
-        s = read_conll_sentences(spec, where, "", dc.conll_token_field, None, dc.conll_comments, dc.conll_delimiter == "tab")
+        s = read_conll_file(spec, "", dc, tag_field=False, where=where)
         return s.words, {"path": spec, "format": "conll", "sha256": s.provenance["sha256"], "rows": len(s.words)}
     if suffix in TABLE_SUFFIXES:
         src = open_source(spec, "auto", None, [dc.tokens_column, dc.unlabeled_text_column, "id"])
