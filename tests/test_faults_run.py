@@ -307,3 +307,29 @@ def test_atomic_path_sweeps_a_killed_writer_s_temp_file(tmp_path):
     assert len(torn) == 1 and not target.exists()
     data.write_json(target, {"ok": True})
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize("died_after", ["first rename", "second rename"])
+def test_a_writer_killed_inside_atomic_dirs_swap_leaves_the_last_complete_version(tmp_path, died_after):
+    """atomic_dir replaces a dir in two renames (old away, new in). A process killed -9 between them
+    leaves the target missing and the previous version parked: the next writer's sweep puts it back;
+    killed after both, the parked copy is only litter and goes."""
+
+    from components.lib.contracts.files import sweep_stale_temps
+
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "v").write_text("1")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "v").write_text("2")
+    second = "os.replace(sys.argv[2], sys.argv[1]); " if died_after == "second rename" else ""
+    code = ("import os, signal, sys; from pathlib import Path; from components.lib.contracts.files import _old_name; "
+            f"os.replace(sys.argv[1], _old_name(Path(sys.argv[1]))); {second}os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(target), str(new)], cwd=PROJECT_ROOT, timeout=60)
+    assert proc.returncode == -9
+    parked = [p for p in tmp_path.iterdir() if p.name.startswith(".data.old-")]
+    assert len(parked) == 1 and target.exists() == (died_after == "second rename")
+    gone = sweep_stale_temps(target)
+    assert gone == parked and not parked[0].exists()
+    assert (target / "v").read_text() == ("2" if died_after == "second rename" else "1")

@@ -63,6 +63,15 @@ def _temp_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(path.name)}\.(?:(?P<tag>[0-9a-f]{{8}})-(?P<pid>\d+)\.)?[a-z0-9_]{{8}}\.tmp")
 
 
+def _old_name(path: Path) -> Path:
+    """Where atomic_dir parks the previous `path` for the instant between its two renames."""
+    return path.with_name(f".{path.name}.old-{_namespace_tag()}-{os.getpid()}")
+
+
+def _old_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(path.name)}\.old-(?P<tag>[0-9a-f]{{8}})-(?P<pid>\d+)")
+
+
 def _process_start(pid: int) -> float | None:
     """When process pid started (epoch seconds), from /proc; None when unknown."""
     try:
@@ -108,12 +117,25 @@ def _stale(entry: Path, tag: str | None, pid: str | None) -> bool:
 def sweep_stale_temps(path: Path) -> list[Path]:
     """Remove the temps a killed writer of `path` left beside it (its own pattern only, never another
     target's, never a live writer's); returns what went. Errors are ignored: this is tidying."""
-    pattern, gone = _temp_pattern(path), []
+    pattern, old, gone = _temp_pattern(path), _old_pattern(path), []
     with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
         for entry in entries:
-            if not entry.name.startswith(f".{path.name}.") or not (m := pattern.fullmatch(entry.name)):
+            if not entry.name.startswith(f".{path.name}."):
                 continue
             tmp = Path(entry.path)
+            if (m := old.fullmatch(entry.name)) is not None:
+                # A writer killed between atomic_dir's two renames: `path` is gone and this holds the
+                # last complete version, which goes back; killed after the second, it is only litter.
+                with contextlib.suppress(OSError):
+                    if _stale(tmp, m["tag"], m["pid"]):
+                        if os.path.lexists(path):
+                            shutil.rmtree(tmp, ignore_errors=True)
+                        else:
+                            os.replace(tmp, path)
+                        gone.append(tmp)
+                continue
+            if not (m := pattern.fullmatch(entry.name)):
+                continue
             with contextlib.suppress(OSError):
                 if _stale(tmp, m["tag"], m["pid"]):
                     shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
@@ -182,7 +204,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         publish_mode(tmp, is_dir=True)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = _old_name(path)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
