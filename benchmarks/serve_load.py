@@ -1,8 +1,12 @@
 """Load benchmark of the served models: the demo's student (and its int8 twin when export kept
-one) against its teacher, each behind the same MLServer + MLflow runtime (components/serve) on
-127.0.0.1, driven by N concurrent keep-alive clients for a fixed number of seconds.
+one) against its teacher, each behind MLServer (components/serve) on 127.0.0.1, driven by N
+concurrent keep-alive clients for a fixed number of seconds. The students run on --runtime
+(lean, the default, or mlflow) over --protocol (http, or grpc through benchmarks/grpc_load.py
+in the serving venv), with MLServer's adaptive batching when --max-batch-size > 1; the teacher
+always on the MLflow runtime over HTTP (benchmarks/serve_rounds.py interleaves variants).
 
-    python benchmarks/serve_load.py [--work-dir runs/demo] [--concurrency 8] [--seconds 30]
+    python benchmarks/serve_load.py [--work-dir runs/demo] [--concurrency 8] [--seconds 30] \
+        [--runtime lean|mlflow] [--protocol http|grpc] [--max-batch-size N --max-batch-time S]
 
 Needs `make demo` (runs/demo/export/pyfunc, the teacher logged under runs:/<id>/teacher in
 runs/demo/mlflow.db) and the serving venv with torch (`make serve-bench` builds both and runs
@@ -24,6 +28,7 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -107,16 +112,13 @@ def int8_twin(pyfunc: Path, export_dir: Path, dst: Path) -> Path | None:
 
 # ---------------------------------------------------------------- load
 
-def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float, pid: int) -> dict:
-    """`concurrency` threads, each one keep-alive connection, POST for `seconds`; latency in ms."""
-    import psutil
-
+def http_clients(url: str, bodies: list[bytes], concurrency: int, seconds: float, started) -> tuple[list, int, float]:
+    """`concurrency` threads, each one keep-alive connection, POST for `seconds`: (latencies in ms,
+    errors, wall s); started() is called as the clock starts."""
     parts = urlsplit(url)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     stop_at = time.monotonic() + seconds
-    peak = [tree_rss_mb(pid)]
-    done = threading.Event()
 
     def client(k: int) -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
@@ -138,21 +140,58 @@ def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float, pid: 
             errors[k] += not ok
         conn.close()
 
-    def sampler() -> None:
-        while not done.wait(0.2):
-            peak[0] = max(peak[0], tree_rss_mb(pid))
-
-    procs = process_tree(pid)
-    cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
-    watcher = threading.Thread(target=sampler, daemon=True)
-    watcher.start()
+    started()
     t0 = time.monotonic()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=seconds + 120)
-    wall = time.monotonic() - t0
+    return [x for per in latencies for x in per], sum(errors), time.monotonic() - t0
+
+
+def grpc_clients(server, texts: list[str], batch: int, concurrency: int, seconds: float, started) -> tuple[list, int, float]:
+    """benchmarks/grpc_load.py in the serving venv (grpcio and MLServer's stubs live there)."""
+    from components.serve.server import serve_venv
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(texts, f)
+    cmd = [str(serve_venv() / "bin" / "python"), str(ROOT / "benchmarks" / "grpc_load.py"),
+           "--target", f"127.0.0.1:{server.ports['grpc']}", "--model", server.name, "--texts", f.name,
+           "--batch", str(batch), "--concurrency", str(concurrency), "--seconds", str(seconds)]
+    try:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+            for line in proc.stdout:
+                if line.strip() == "start":
+                    started()
+                elif line.startswith("{"):
+                    out = json.loads(line)
+            proc.wait(timeout=seconds + 120)
+    finally:
+        os.unlink(f.name)
+    return out["latencies_ms"], out["errors"], out["wall_s"]
+
+
+def drive(clients, pid: int) -> dict:
+    """Run clients(started) -> (latencies ms, errors, wall s) while sampling the server's process
+    tree (peak RSS, CPU time from started() on)."""
+    import psutil
+
+    peak = [tree_rss_mb(pid)]
+    done = threading.Event()
+    procs = process_tree(pid)
+    cpu0 = [0.0]
+
+    def sampler() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], tree_rss_mb(pid))
+
+    def started() -> None:
+        cpu0[0] = sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    watcher = threading.Thread(target=sampler, daemon=True)
+    watcher.start()
+    latencies, errors, wall = clients(started)
     done.set()
     watcher.join()
     cpu1 = 0.0
@@ -161,13 +200,13 @@ def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float, pid: 
             cpu1 += sum(p.cpu_times()[:2])
         except psutil.NoSuchProcess:
             pass
-    lat = np.array([x for per in latencies for x in per])
+    lat = np.array(latencies)
     return {
         "requests": int(lat.size), "requests_per_s": round(lat.size / wall, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
-        "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": int(sum(errors)),
-        "peak_rss_mb": round(peak[0], 1), "cpu_cores": round((cpu1 - cpu0) / wall, 2),
-        "concurrency": concurrency, "seconds": round(wall, 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": int(errors),
+        "peak_rss_mb": round(peak[0], 1), "cpu_cores": round((cpu1 - cpu0[0]) / wall, 2),
+        "seconds": round(wall, 1),
     }
 
 
@@ -183,18 +222,25 @@ def bad_requests(server) -> dict:
     return out
 
 
-def measure(name: str, model_dir: Path, texts: list[str], args) -> dict:
-    print(f"{name}: starting MLServer for {model_dir}", flush=True)
+def measure(name: str, model_dir: Path, texts: list[str], args, runtime: str = "lean", protocol: str = "http",
+            batch: tuple[int, float] = (0, 0.0)) -> dict:
+    """One model behind one MLServer (runtime, protocol, adaptive batching) under load."""
+    print(f"{name}: starting MLServer ({runtime} runtime) for {model_dir}", flush=True)
     t0 = time.monotonic()
-    server = start(model_dir, name=name, workers=args.workers)
+    server = start(model_dir, name=name, workers=args.workers, runtime=runtime, batch=batch)
     try:
         started = time.monotonic() - t0
-        bodies = [json.dumps(v2_request(texts[i:i + args.batch])).encode() for i in range(0, len(texts), args.batch)]
-        for body in bodies[:10]:  # warm-up: first requests pay lazy initialisation
-            post(server.infer_url, body)
-        res = drive(server.infer_url, bodies, args.concurrency, args.seconds, server.pid)
-        res.update(texts_per_request=args.batch, start_s=round(started, 1), workers=args.workers)
-        if name == "student":
+        if protocol == "grpc":
+            res = drive(lambda go: grpc_clients(server, texts, args.batch, args.concurrency, args.seconds, go), server.pid)
+        else:
+            bodies = [json.dumps(v2_request(texts[i:i + args.batch])).encode() for i in range(0, len(texts), args.batch)]
+            for body in bodies[:10]:  # warm-up: first requests pay lazy initialisation
+                post(server.infer_url, body)
+            res = drive(lambda go: http_clients(server.infer_url, bodies, args.concurrency, args.seconds, go), server.pid)
+        res.update(concurrency=args.concurrency, texts_per_request=args.batch, start_s=round(started, 1),
+                   workers=args.workers, runtime=runtime, protocol=protocol,
+                   max_batch_size=batch[0], max_batch_time_ms=round(batch[1] * 1000, 3))
+        if name == "student" and protocol == "http":
             res["bad_requests"] = bad_requests(server)
         res["alive_at_end"] = server.alive()
         print(f"{name}: {json.dumps({k: v for k, v in res.items() if k != 'bad_requests'})}", flush=True)
@@ -213,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="texts per request")
     parser.add_argument("--workers", type=int, default=2, help="MLServer inference workers (one per core here)")
     parser.add_argument("--models", default="student,student_int8,teacher")
+    parser.add_argument("--runtime", choices=["lean", "mlflow"], default="lean",
+                        help="the students' MLServer runtime (the teacher always runs on mlflow)")
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http", help="the students' protocol")
+    parser.add_argument("--max-batch-size", type=int, default=0, help="the students' adaptive batching (0: off)")
+    parser.add_argument("--max-batch-time", type=float, default=0.0, metavar="S", help="... its wait, in seconds")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
@@ -234,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                   "teacher": lambda: teacher_model(uri, cfg.teacher.max_length, Path(tmp), parent)}
         for name in args.models.split(","):
             model_dir = models[name]()
-            if model_dir is not None:
-                results[name] = measure(name, model_dir, texts, args)
+            if model_dir is None:
+                continue
+            student = name != "teacher"
+            results[name] = measure(name, model_dir, texts, args, args.runtime if student else "mlflow",
+                                    args.protocol if student else "http",
+                                    (args.max_batch_size, args.max_batch_time) if student else (0, 0.0))
     s, t = results.get("student"), results.get("teacher")
     if s and t:
         results["targets"] = {
@@ -247,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     results["setup"] = {"texts": len(texts), "source": "demo test split (BBC News)", "host": "127.0.0.1",
                         "client": "threads with one keep-alive http.client connection each, same machine",
-                        "server": "MLServer 1.7.1 + mlserver-mlflow (distilflow_runtime.DistilflowRuntime)",
+                        "server": "MLServer 1.7.1: students on the runtime and protocol in their rows, the teacher on "
+                                  "mlserver-mlflow (distilflow_runtime.DistilflowRuntime) over HTTP",
                         "teacher_max_length": cfg.teacher.max_length, "student_max_length": cfg.student.max_length,
                         "cpus": os.cpu_count(), "loadavg_before": load_before,
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()]}

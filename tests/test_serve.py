@@ -1,5 +1,7 @@
-"""Serving: the real MLServer (mlserver-mlflow + components/serve/runtime.py, from .venv-serve) on a
-free loopback port, one server per model kind, V2 requests; the bad requests; the KServe manifests.
+"""Serving: the real MLServer (from .venv-serve, on the default lean runtime: components/serve/
+lean_runtime.py with runtime.py's checks) on a free loopback port, one server per model kind, V2
+requests; the bad requests; the KServe manifests. tests/test_serve_lean.py holds the MLflow runtime
+beside it.
 
 Tiny students come from conftest.py (tiny_student_dir, tiny_tagger_dir); their pyfuncs are saved
 as the export step saves them (pyfunc_bundle + sequence.py's / tokens.py's pyfunc_kwargs). No mocks: the
@@ -222,7 +224,11 @@ def test_render_isvc_pins_the_champion_version(registered, capsys):
     assert doc["metadata"]["labels"]["distilflow.io/model-version"] == "1"
     assert doc["metadata"]["annotations"]["distilflow.io/model-uri"] == "models:/tiny-student/1"
     assert doc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/tiny/v1"
+    assert doc["spec"]["predictor"]["model"]["runtime"] == "distilflow-mlserver-lean"
     assert kserve_schema.errors(doc) == []
+    assert pipeline.main([*argv, "--runtime", "mlflow"]) == 0
+    (doc,) = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert doc["spec"]["predictor"]["model"]["runtime"] == "distilflow-mlserver"
     # A local artifact store is no storageUri: the user is told to copy the model and pass one.
     assert pipeline.main(argv[:-2]) == 2
     err = capsys.readouterr().err
@@ -242,14 +248,22 @@ def test_serving_manifests_are_current_and_valid(tmp_path):
     name = "distilflow-bbc-news"  # configs/demo.yaml export.model_name
     assert yaml.safe_load((SERVING / "inferenceservice.yaml").read_text()) == isvc.render_isvc(
         name, isvc.DEFAULT_STORAGE.format(name=name)), "regenerate with components/serve/isvc.py render_isvc"
-    assert yaml.safe_load((SERVING / "servingruntime.yaml").read_text()) == isvc.render_runtime()
+    assert yaml.safe_load((SERVING / "servingruntime.yaml").read_text()) == isvc.render_runtime(runtime="mlflow")
+    assert yaml.safe_load((SERVING / "servingruntime-lean.yaml").read_text()) == isvc.render_runtime(runtime="lean")
     bin_dir = Path(sys.executable).parent
     rendered = _run(bin_dir / "kubectl", "kustomize", SERVING)
     assert rendered.returncode == 0, rendered.stderr
-    docs = {d["kind"]: d for d in yaml.safe_load_all(rendered.stdout) if d}
-    assert set(docs) == {"Namespace", "ServiceAccount", "ServingRuntime", "InferenceService"}
-    for kind in ("InferenceService", "ServingRuntime"):
-        assert kserve_schema.errors(docs[kind]) == [], kind
+    all_docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    runtimes = {d["metadata"]["name"]: d for d in all_docs if d["kind"] == "ServingRuntime"}
+    assert set(runtimes) == {isvc.runtime_name("lean"), isvc.runtime_name("mlflow")}
+    for rt in runtimes.values():
+        assert kserve_schema.errors(rt) == [], rt["metadata"]["name"]
+    docs = {d["kind"]: d for d in all_docs if d["kind"] != "ServingRuntime"}
+    assert set(docs) == {"Namespace", "ServiceAccount", "InferenceService"}
+    assert kserve_schema.errors(docs["InferenceService"]) == []
+    docs["ServingRuntime"] = runtimes[docs["InferenceService"]["spec"]["predictor"]["model"]["runtime"]]
+    env = {e["name"]: e["value"] for e in docs["ServingRuntime"]["spec"]["containers"][0]["env"]}
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "distilflow_lean.DistilflowLeanRuntime"
     (tmp_path / "core.yaml").write_text(yaml.safe_dump_all([docs["Namespace"], docs["ServiceAccount"]]))
     core = _run(bin_dir / "kubernetes-validate", "--strict", "--quiet", tmp_path / "core.yaml")
     assert core.returncode == 0, core.stdout + core.stderr
@@ -284,6 +298,7 @@ def test_serving_dockerfile_passes_hadolint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (ROOT / "docker" / "Dockerfile.serve").read_text()
     assert "components/serve/requirements.txt" in text and "distilflow_runtime.py" in text
+    assert "components/serve/lean_runtime.py /opt/distilflow/distilflow_lean.py" in text
 
 
 # ---------------------------------------------------------------- stopping (last: it ends the module's server)

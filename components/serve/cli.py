@@ -1,5 +1,6 @@
-"""`distilflow serve`: serve a registry reference or an export dir locally with MLServer (V2), or
-print the InferenceService that serves it on KServe (--render-isvc).
+"""`distilflow serve`: serve a registry reference or an export dir locally with MLServer (V2, HTTP
+and gRPC) on the lean student runtime (default) or --runtime mlflow, optionally with MLServer's
+adaptive batching, or print the InferenceService that serves it on KServe (--render-isvc).
 
 Stopping, as Docker and Kubernetes stop a container: SIGTERM (kill, `docker stop`, a pod's
 deletion) or SIGINT (Ctrl-C) lets in-flight requests finish (up to --grace seconds), stops
@@ -37,6 +38,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (gRPC and metrics get free ports)")
     parser.add_argument("--workers", type=int, default=1, help="MLServer inference worker processes")
+    parser.add_argument("--runtime", choices=["lean", "mlflow"], default="lean",
+                        help="lean (default): a distilflow student's ONNX bundle straight from the V2 request; "
+                             "mlflow: mlserver-mlflow and the pyfunc (any MLflow model, e.g. a teacher)")
+    parser.add_argument("--max-batch-size", type=int, default=0, metavar="N",
+                        help="MLServer adaptive batching: merge up to N concurrent requests (default 0: off)")
+    parser.add_argument("--max-batch-time", type=float, default=0.0, metavar="S",
+                        help="with --max-batch-size: the longest a request waits for others, in seconds")
     parser.add_argument("--name", default=None, help="model name in the V2 paths (default: the InferenceService name)")
     parser.add_argument("--grace", type=float, default=GRACE_S, metavar="S",
                         help="on SIGTERM or Ctrl-C: seconds in-flight requests get to finish before MLServer and its "
@@ -86,7 +94,8 @@ def render(cfg: PipelineConfig, args, tracking_uri: str) -> str:
         raise UserError(f"--model {ref} is stored at {location or ref}, which a cluster cannot read: copy the model "
                         "dir to object storage and pass --storage-uri (e.g. s3://bucket/path)")
     model_ref = f"models:/{name}/{version}" if version else ref
-    return isvc.to_yaml(isvc.render_isvc(name, storage, version, model_ref, args.namespace))
+    return isvc.to_yaml(isvc.render_isvc(name, storage, version, model_ref, args.namespace,
+                                         runtime=getattr(args, "runtime", "lean")))
 
 
 class StopRequested(BaseException):
@@ -159,8 +168,8 @@ def _serve_until_stopped(server: Server, ref: str, model_dir: Path, stops: StopS
     """Wait until a stop signal or MLServer's end, then stop the whole server (the grace applies)."""
     log = ""
     try:
-        print(f"serving {ref} ({model_dir}) as '{server.name}' at {server.infer_url} (pid {server.pid}); "
-              "Ctrl-C stops it\n"
+        print(f"serving {ref} ({model_dir}) as '{server.name}' at {server.infer_url} (pid {server.pid}; "
+              f"gRPC on port {server.ports.get('grpc')}); Ctrl-C stops it\n"
               f"  curl -s {server.infer_url} -H 'Content-Type: application/json' -d "
               "'{\"inputs\": [{\"name\": \"text\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"some text\"]}]}'",
               flush=True)
@@ -194,7 +203,8 @@ def serve_command(cfg: PipelineConfig, args) -> None:
                 model_dir = resolve_model(ref, uri, Path(tmp))
                 stops.quiet()
                 server = start(model_dir, name=name, host=args.host, port=args.port, workers=args.workers,
-                               cancel=stops.requested)
+                               cancel=stops.requested, runtime=args.runtime,
+                               batch=(args.max_batch_size, args.max_batch_time))
                 _serve_until_stopped(server, ref, model_dir, stops, grace_s)
         except (StopRequested, StartCancelled):  # before serving: start() stopped what it started
             print(f"stopped by {stops.name} before serving; nothing left running", file=sys.stderr, flush=True)

@@ -1,6 +1,8 @@
-"""The KServe objects that serve a registered student: a namespaced ServingRuntime (MLServer with
-distilflow's checked MLflow runtime, the serving image) and one InferenceService per model
-(`modelFormat: mlflow`, protocol v2, storageUri pointing at the exported pyfunc dir).
+"""The KServe objects that serve a registered student: two namespaced ServingRuntimes on the
+serving image, MLServer with distilflow's lean runtime (the student's bundle straight into ONNX
+Runtime: components/serve/lean_runtime.py) or with its checked MLflow runtime (mlserver-mlflow:
+runtime.py), and one InferenceService per model (`modelFormat: mlflow`, protocol v2, storageUri
+pointing at the exported pyfunc dir, `runtime` naming one of the two).
 
 manifests/serving/ holds both as rendered here for the demo's model; `distilflow serve
 --render-isvc` renders the InferenceService for whatever version a registry alias points at.
@@ -14,7 +16,8 @@ import re
 from components.lib.core.errors import UserError
 
 NAMESPACE = "distilflow-serving"
-RUNTIME_NAME = "distilflow-mlserver"
+RUNTIME_NAME = "distilflow-mlserver"  # the MLflow runtime's ServingRuntime; the lean one adds -lean
+RUNTIME_CLASSES = {"lean": "distilflow_lean.DistilflowLeanRuntime", "mlflow": "distilflow_runtime.DistilflowRuntime"}
 SERVE_IMAGE = "ghcr.io/distilflow/distilflow-serve:0.1.0"
 SERVICE_ACCOUNT = "distilflow-serving"
 DEFAULT_STORAGE = "s3://distilflow-models/{name}/champion"
@@ -43,8 +46,12 @@ def isvc_name(model_name: str) -> str:
     return name
 
 
+def runtime_name(runtime: str = "lean") -> str:
+    return RUNTIME_NAME + ("-lean" if runtime == "lean" else "")
+
+
 def render_isvc(model_name: str, storage_uri: str, version: str | None = None, model_ref: str | None = None,
-                namespace: str = NAMESPACE, sizing: dict | None = None) -> dict:
+                namespace: str = NAMESPACE, sizing: dict | None = None, runtime: str = "lean") -> dict:
     """The InferenceService for one registered model version (or the alias, when version is None)."""
     if not re.match(r"^[a-z][a-z0-9+.-]*://", storage_uri):
         raise UserError(f"--storage-uri {storage_uri!r}: expected a URI such as s3://bucket/path or pvc://claim/path")
@@ -74,7 +81,7 @@ def render_isvc(model_name: str, storage_uri: str, version: str | None = None, m
                 "model": {
                     "modelFormat": {"name": "mlflow", "version": "2"},
                     "protocolVersion": "v2",
-                    "runtime": RUNTIME_NAME,
+                    "runtime": runtime_name(runtime),
                     "storageUri": storage_uri,
                     "resources": {"requests": dict(s["requests"]), "limits": dict(s["limits"])},
                 },
@@ -83,12 +90,13 @@ def render_isvc(model_name: str, storage_uri: str, version: str | None = None, m
     }
 
 
-def render_runtime(namespace: str = NAMESPACE, image: str = SERVE_IMAGE) -> dict:
-    """The ServingRuntime: kserve-mlserver's shape, with the serving image and distilflow's runtime class."""
+def render_runtime(namespace: str = NAMESPACE, image: str = SERVE_IMAGE, runtime: str = "mlflow") -> dict:
+    """A ServingRuntime: kserve-mlserver's shape, with the serving image and one of distilflow's
+    runtime classes (MLSERVER_MODEL_IMPLEMENTATION), both reading the exported MLflow model dir."""
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
         "kind": "ServingRuntime",
-        "metadata": {"name": RUNTIME_NAME, "namespace": namespace, "labels": dict(LABELS),
+        "metadata": {"name": runtime_name(runtime), "namespace": namespace, "labels": dict(LABELS),
                      # KServe then sets MLSERVER_MODEL_NAME (the InferenceService name) and
                      # MLSERVER_MODEL_URI (/mnt/models, where storageUri is downloaded).
                      "annotations": {"serving.kserve.io/server-type": "mlserver"}},
@@ -100,7 +108,7 @@ def render_runtime(namespace: str = NAMESPACE, image: str = SERVE_IMAGE) -> dict
                 "name": "kserve-container",
                 "image": image,
                 "env": [
-                    {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "distilflow_runtime.DistilflowRuntime"},
+                    {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": RUNTIME_CLASSES[runtime]},
                     {"name": "MLSERVER_HTTP_PORT", "value": "8080"},
                     {"name": "MLSERVER_GRPC_PORT", "value": "9000"},
                     # one inference worker per core of the limit; one thread each (runtime.py)

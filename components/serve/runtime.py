@@ -1,6 +1,8 @@
-"""The MLServer runtime distilflow serves with: MLServer's own MLflow runtime (mlserver-mlflow,
+"""distilflow's MLflow runtime (`--runtime mlflow`): MLServer's own MLflow runtime (mlserver-mlflow,
 what KServe runs for `modelFormat: mlflow`) plus checks on the one input, so that a malformed
-request is a 400 with a one-line reason instead of a 500 from inside the model.
+request is a 400 with a one-line reason instead of a 500 from inside the model. The lean runtime
+(lean_runtime.py, the default for students) runs the same checks (check_texts) and sessions
+(quiet_session) from here.
 
 What stock MLServer 1.7.1 (mlserver_mlflow.MLflowRuntime) does without this class, measured: a wrong
 input name or a second input is passed on (MLflow's unnamed string column accepts any column),
@@ -115,6 +117,17 @@ def check_texts(payload: InferenceRequest, max_texts: int, max_chars: int) -> li
     return texts
 
 
+def quiet_session(graph: Path, threads: int):
+    """An ONNX Runtime CPU session on `threads` intra-op threads whose idle threads do not spin."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+
+
 class DistilflowRuntime(MLflowRuntime):
     """MLflowRuntime with one BYTES input `text` (N strings) checked before the model sees it."""
 
@@ -142,17 +155,10 @@ class DistilflowRuntime(MLflowRuntime):
             return
         if getattr(python_model, "session", None) is None:
             return
-        import onnxruntime as ort
-
         for spec in (self._model.metadata.flavors["python_function"].get("artifacts") or {}).values():
             conf = model_dir / spec["path"] / "pyfunc.json"
             if conf.exists():
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                graph = conf.parent / json.loads(conf.read_text())["onnx"]
-                python_model.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+                python_model.session = quiet_session(conf.parent / json.loads(conf.read_text())["onnx"], threads)
                 return
 
     async def invocations(self, *args, **kwargs):

@@ -1,7 +1,8 @@
-"""Start, wait for and stop a local MLServer for one MLflow model: the runtime KServe runs for
-`modelFormat: mlflow`, from the serving environment (.venv-serve; MLServer pins its own fastapi
-and pandas, so it cannot share the pipeline's venv), with distilflow's input checks
-(components/serve/runtime.py, copied into the model folder as distilflow_runtime.py).
+"""Start, wait for and stop a local MLServer for one MLflow model, from the serving environment
+(.venv-serve; MLServer pins its own fastapi and pandas, so it cannot share the pipeline's venv),
+with one of distilflow's two runtimes (copied into the model folder): "lean" (lean_runtime.py as
+distilflow_lean.py: a student's bundle straight into ONNX Runtime) or "mlflow" (runtime.py as
+distilflow_runtime.py: mlserver-mlflow, what KServe runs for `modelFormat: mlflow`, plus checks).
 
 A server is one process group (its own session): `mlserver start` plus its inference-pool
 worker(s) and multiprocessing's resource tracker. stop() ends it the way Kubernetes ends a pod,
@@ -35,7 +36,9 @@ from components.lib.core.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVE_VENV = PROJECT_ROOT / ".venv-serve"
-RUNTIME = "distilflow_runtime.DistilflowRuntime"
+# --runtime: module file here -> the class MLServer loads (both files go into the model folder).
+RUNTIMES = {"lean": "distilflow_lean.DistilflowLeanRuntime", "mlflow": "distilflow_runtime.DistilflowRuntime"}
+MODULES = {"runtime.py": "distilflow_runtime.py", "lean_runtime.py": "distilflow_lean.py"}
 START_TIMEOUT_S = 180.0
 GRACE_S = 15.0  # in-flight requests' time to finish; under Kubernetes' default terminationGracePeriodSeconds (30)
 TERM_S = 5.0  # MLServer's own shutdown after SIGTERM (it gives its workers parallel_workers_timeout, 5 s)
@@ -104,17 +107,20 @@ def serve_venv() -> Path:
 
 
 def write_model_folder(model_dir: Path, folder: Path, name: str, host: str, ports: dict[str, int],
-                       workers: int = 1, extra: dict | None = None) -> Path:
-    """An MLServer model folder: settings.json, model-settings.json and the runtime module."""
+                       workers: int = 1, extra: dict | None = None, runtime: str = "lean",
+                       batch: tuple[int, float] = (0, 0.0)) -> Path:
+    """An MLServer model folder: settings.json, model-settings.json and the runtime modules; batch is
+    MLServer's adaptive batching (max_batch_size, max_batch_time in s; off below 2 or at 0 s)."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"host": host, "http_port": ports["http"], "grpc_port": ports["grpc"], "metrics_port": ports["metrics"],
                 "parallel_workers": workers, "debug": False, "metrics_dir": str(folder / ".metrics"),
                 "environments_dir": str(folder / ".envs")}
-    model = {"name": name, "implementation": RUNTIME,
+    model = {"name": name, "implementation": RUNTIMES[runtime], "max_batch_size": batch[0], "max_batch_time": batch[1],
              "parameters": {"uri": str(Path(model_dir).resolve()), "extra": extra or {}}}
     (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     (folder / "model-settings.json").write_text(json.dumps(model, indent=2) + "\n")
-    shutil.copy2(Path(__file__).with_name("runtime.py"), folder / "distilflow_runtime.py")
+    for src, dst in MODULES.items():
+        shutil.copy2(Path(__file__).with_name(src), folder / dst)
     return folder
 
 
@@ -170,7 +176,7 @@ def _status(url: str, timeout: float = 2.0) -> int | None:
 def start(model_dir: Path, name: str = "model", host: str = "127.0.0.1", port: int | None = None,
           workers: int = 1, extra: dict | None = None, folder: Path | None = None,
           timeout_s: float = START_TIMEOUT_S, env: dict[str, str] | None = None,
-          cancel: threading.Event | None = None) -> Server:
+          cancel: threading.Event | None = None, runtime: str = "lean", batch: tuple[int, float] = (0, 0.0)) -> Server:
     """Start MLServer on host:port (a free port when None) and return once the model is ready.
     A port already taken is a UserError before anything starts (and, if another process takes it
     while MLServer starts, as soon as MLServer logs its bind error). cancel being set stops the
@@ -188,7 +194,7 @@ def start(model_dir: Path, name: str = "model", host: str = "127.0.0.1", port: i
         tmp = tempfile.TemporaryDirectory(prefix="distilflow-serve-")
         folder = Path(tmp.name)
     ports = {"http": port or free_port(host), "grpc": free_port(host), "metrics": free_port(host)}
-    write_model_folder(model_dir, folder, name, host, ports, workers, extra)
+    write_model_folder(model_dir, folder, name, host, ports, workers, extra, runtime, batch)
     log = folder / "server.log"
     # ORT_DISABLE_TELEMETRY: onnxruntime 1.32's telemetry would leave a session file ($TMPDIR/.ses) behind.
     run_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "ORT_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1",
