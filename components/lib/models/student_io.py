@@ -114,16 +114,21 @@ def pad_batch(seqs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def _tokenizing(student: LoadedStudent | tuple[Any, VocabMap], max_length: int | None) -> tuple[Any, VocabMap, int]:
+    """(tokenizer, vocab, max_length) of a loaded student, or of a (tokenizer, vocab) pair and an explicit max_length."""
+    if isinstance(student, LoadedStudent):
+        return student.tokenizer, student.vocab, max_length or student.max_length
+    tokenizer, vocab = student
+    if max_length is None:
+        raise ValueError("max_length is required with (tokenizer, vocab)")
+    return tokenizer, vocab, max_length
+
+
 def encode(
     student: LoadedStudent | tuple[Any, VocabMap], texts: Sequence[str], max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (input_ids (B, T), attention_mask (B, T)) in student ids, padded to the longest."""
-    if isinstance(student, LoadedStudent):
-        tokenizer, vocab, max_length = student.tokenizer, student.vocab, max_length or student.max_length
-    else:
-        tokenizer, vocab = student
-        if max_length is None:
-            raise ValueError("max_length is required with (tokenizer, vocab)")
+    tokenizer, vocab, max_length = _tokenizing(student, max_length)
     return pad_batch([vocab.encode(s) for s in tokenize_ids(tokenizer, texts, max_length)])
 
 
@@ -146,12 +151,7 @@ def word_ids(student: LoadedStudent | tuple[Any, VocabMap], sentences: Sequence[
     """Pre-split sentences -> (student piece ids per sentence, first-piece position per covered word)."""
     from components.lib.core.tokens import encode_words
 
-    if isinstance(student, LoadedStudent):
-        tokenizer, vocab, max_length = student.tokenizer, student.vocab, max_length or student.max_length
-    else:
-        tokenizer, vocab = student
-        if max_length is None:
-            raise ValueError("max_length is required with (tokenizer, vocab)")
+    tokenizer, vocab, max_length = _tokenizing(student, max_length)
     enc = encode_words(tokenizer, sentences, max_length)
     ids = [vocab.encode(x) for x in enc.input_ids]
     firsts = [enc.first_piece[i][: enc.covered(i)] for i in range(len(ids))]
