@@ -19,7 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from components.lib.core.errors import UserError
-from components.lib.core.tokens import HAN
 
 SEGMENTERS = ("none", "jieba")
 JIEBA_PIP = "jieba==0.42.1"
@@ -27,10 +26,6 @@ OPENCC_PIP = "opencc-python-reimplemented==0.1.7"
 INSTALL = f"pip install {JIEBA_PIP} {OPENCC_PIP} (or pip install 'distilflow[multilingual]')"
 
 Segment = Callable[[str], list[tuple[str, int, int]]]  # a run of text -> (word, start, end) within it
-
-
-def has_han(text: str) -> bool:
-    return HAN.search(text) is not None
 
 
 def _require(module: str, setting: str) -> None:

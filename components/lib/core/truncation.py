@@ -68,6 +68,9 @@ def special_ends(tokenizer) -> tuple[list[int], list[int]]:
 
 def _head_tail(tokenizer, texts: list[str], max_length: int, keep_tail: int, kwargs: dict):
     """tokenize_truncated with the last keep_tail pieces of long texts kept instead of the middle."""
+    unknown = set(kwargs) - {"add_special_tokens", "padding", "return_attention_mask", "return_token_type_ids"}
+    if unknown or kwargs.get("padding"):
+        raise ValueError(f"head+tail truncation does not support {sorted(unknown) or 'padding'}")
     before, after = special_ends(tokenizer) if kwargs.get("add_special_tokens", True) else ([], [])
     n_special = len(before) + len(after)
     plain = {"add_special_tokens": False, "truncation": False}
@@ -89,9 +92,6 @@ def _head_tail(tokenizer, texts: list[str], max_length: int, keep_tail: int, kwa
                 h = tl = tokenizer(t, **plain)["input_ids"]
         ids = head_tail_ids(h, tl, max_length, keep_tail, n_special)
         rows.append(before + ids + after)
-    unknown = set(kwargs) - {"add_special_tokens", "padding", "return_attention_mask", "return_token_type_ids"}
-    if unknown or kwargs.get("padding"):
-        raise ValueError(f"head+tail truncation does not support {sorted(unknown) or 'padding'}")
     from transformers import BatchEncoding
 
     out = {"input_ids": rows}

@@ -21,13 +21,13 @@ import pandas as pd
 
 from components.lib.core.errors import DataError, UserError
 from components.lib.settings.config import DataConfig, LanguageSource
-from components.lib.sources import remote
+from components.lib.sources import remote, token_ingest
 from components.lib.sources.ingest import open_source, unlabeled_split
 from components.lib.sources.token_ingest import read_conll_file, split_words, table_sentences
 
 LINE_SUFFIXES = (".txt", ".text")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio", ".bioes", ".tsv")
+CONLL_SUFFIXES = tuple(s for s in token_ingest.CONLL_SUFFIXES if s not in LINE_SUFFIXES)  # .txt is lines here
 KNOWN = LINE_SUFFIXES + TABLE_SUFFIXES + CONLL_SUFFIXES
 GLOB_CHARS = ("*", "?", "[")
 
