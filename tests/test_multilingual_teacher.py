@@ -5,6 +5,7 @@ file with one line naming it, and be found again in the cache without a second c
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -261,3 +262,33 @@ def test_a_failed_conversion_leaves_nothing_and_stale_temp_dirs_are_swept(source
     monkeypatch.setattr(multilingual, "convert", _fake_convert)
     out = multilingual.packaged_multilingual_dir(*sources)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, fresh.name])
+
+
+def test_a_student_of_the_xlmr_vocabulary_loads_without_the_mistral_regex_warning(model_dir, tmp_path, caplog):
+    """transformers >= 5 warns that a tokenizer with over 100k pieces saved beside a config.json
+    without a model_type or transformers_version may carry Mistral's broken regex. For a student
+    of this teacher that is false (the same ids as the teacher's tokenizer), so it must not reach
+    the user; the control without the key shows the test sees the warning when it is there."""
+    from transformers import AutoTokenizer
+
+    from components.lib.core.student import BiLSTMStudent, StudentArch, VocabMap
+    from components.lib.models.student_io import load_student, save_student
+
+    teacher_tok = AutoTokenizer.from_pretrained(str(model_dir))
+    counts = np.bincount(np.concatenate(teacher_tok(SENTENCES)["input_ids"]), minlength=len(teacher_tok))
+    vocab = VocabMap.from_counts(counts, 1, None, teacher_tok.all_special_ids, teacher_tok.pad_token_id, teacher_tok.unk_token_id)
+    arch = StudentArch(len(vocab), 8, 8, 1, 0.0, 8, 3)
+    save_student(tmp_path / "s", BiLSTMStudent(arch), arch, vocab, teacher_tok, ["O", "B-LOC", "I-LOC"], "soft", 64)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        loaded = load_student(tmp_path / "s")
+    assert not [r for r in caplog.records if "fix_mistral_regex" in r.getMessage()]
+    for text in SENTENCES:
+        assert loaded.tokenizer(text)["input_ids"] == teacher_tok(text)["input_ids"], text
+    config_path = tmp_path / "s" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["transformers_version"]
+    config_path.write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        load_student(tmp_path / "s")
+    assert [r for r in caplog.records if "fix_mistral_regex" in r.getMessage()]

@@ -53,8 +53,15 @@ def save_student(
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": FORMAT})
+    import transformers
+
+    # transformers_version: which transformers wrote the tokenizer files beside it. transformers >= 5
+    # reads a local tokenizer dir's config.json, and one with neither a model_type nor this key (ours
+    # is no transformers model) makes it warn, for any vocabulary over 100k pieces (XLM-R's), that
+    # the tokenizer may carry Mistral's broken pre-tokenizer regex: false here (the files are the
+    # teacher's, saved by transformers; tests/test_multilingual_teacher.py compares the ids).
     config = {
-        "format": FORMAT, "arch": arch.to_dict(), "label_names": list(label_names), "mode": str(mode),
+        "format": FORMAT, "transformers_version": transformers.__version__, "arch": arch.to_dict(), "label_names": list(label_names), "mode": str(mode),
         "max_length": int(max_length), "parameters": count_parameters(model), "teacher": teacher or {},
         "vocab": {"size": len(vocab), "teacher_vocab_size": vocab.teacher_vocab_size, **(vocab_sizing or {})},
     }
