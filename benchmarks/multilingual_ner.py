@@ -15,7 +15,11 @@ soft+repr (student.seed = seed) -> evaluate (teacher and both students on every 
 split; sentences/s at batch 256, raw words in, tags out, tokenisation included, one process).
 
 Resumable like paper_table.py: every step writes <work-dir>/done/<step>.json with its result and a
-fingerprint of the settings it depends on; a rerun skips what still matches. Writes --out
+fingerprint of what it depends on; a rerun skips what still matches. The teacher is keyed by the
+content of the train and dev tables (and its settings and dev decoding), not by how the transfer set
+was made, so ablation rows that change only the transfer set or the student share one teacher;
+pseudo-labels are keyed by the transfer table's content. --evaluate-set scores the same trained
+models another way (e.g. constrained decoding of students whose dev scores were argmax). Writes --out
 (benchmarks/results/uner.json): languages -> {lang: {teacher, baseline, student}} (mean, std over
 seeds), retention_mean / retention_min (student / teacher F1 over languages), how many languages
 keep >= 0.90 of the teacher's F1, the languages where the teacher itself fails (F1 < 0.5),
@@ -26,6 +30,7 @@ and prints every target with PASS/MISS. Never run by CI.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -63,7 +68,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of every step (default torch's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config override, e.g. --set teacher.epochs=6 (repeatable)")
-    return p.parse_args(argv)
+    p.add_argument("--evaluate-set", dest="eval_overrides", action="append", default=[], metavar="evaluate.KEY=VALUE",
+                   help="an override of the evaluate step only: the same trained models scored another way, e.g. "
+                        "--evaluate-set evaluate.decoding=constrained on models whose dev scores were argmax "
+                        "(kept beside the plain evaluation: eval-s<seed>-<tag>, done/s<seed>-evaluate-<tag>.json)")
+    args = p.parse_args(argv)
+    for spec in args.eval_overrides:
+        if not spec.startswith("evaluate.") or "=" not in spec:
+            p.error(f"--evaluate-set {spec!r}: expected evaluate.KEY=VALUE (training settings go in --set)")
+    return args
+
+
+def typed_overrides(specs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings as with_overrides takes them (values read as YAML scalars, like --set)."""
+    from components.lib.settings.raw import parse_set
+
+    return dict(parse_set(spec) for spec in specs)
+
+
+def evaluate_tag(eval_overrides: list[str]) -> str:
+    """'' for the plain evaluation; else a short tag naming the overrides (directory and marker suffix)."""
+    return "-" + hashlib.sha256("\n".join(sorted(eval_overrides)).encode()).hexdigest()[:8] if eval_overrides else ""
 
 
 def base_config(args: argparse.Namespace, work: Path):
@@ -85,6 +110,15 @@ def section(cfg, name: str) -> dict:
     return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items() if k not in ("output_dir", "num_threads")}
 
 
+def content(path: Path) -> str:
+    """sha256 of a file's bytes: a step keyed by what it reads rather than by the settings that made it."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def register_teacher(cfg, model_uri: str) -> str:
     """Register the fine-tuned teacher once; later steps read it as models:/NAME/VERSION."""
     import mlflow
@@ -104,9 +138,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     cfg = base_config(args, work)
     done = work / "done"
     data_key = {"data": section(cfg, "data")}
-    teacher_key = {**data_key, "teacher": section(cfg, "teacher")}
     records: dict[str, dict] = {}
     records["prepare-data"] = run_unit(done / "prepare-data.json", data_key, "prepare-data", lambda: prepare_data.run(cfg))
+    splits = Path(records["prepare-data"]["result"]["data_dir"])
+    # The teacher depends on the train and dev tables, not on how the transfer set was made: keyed
+    # by their content, one teacher serves every ablation row that only changes the transfer set.
+    teacher_key = {"train": content(splits / "train.parquet"), "dev": content(splits / "dev.parquet"),
+                   "tags": json.loads((splits / "data_card.json").read_text())["label_names"],
+                   "teacher": section(cfg, "teacher"), "decoding": cfg.evaluate.decoding}
 
     def finetune() -> dict:
         result = finetune_teacher.run(cfg).model_dump(mode="json")
@@ -117,28 +156,34 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     teacher = run_unit(done / "finetune-teacher.json", teacher_key, "finetune-teacher", finetune)
     records["finetune-teacher"] = teacher
     cfg = cfg.with_overrides({"transfer.teacher": teacher["result"]["registered"]})
-    pseudo_key = {**teacher_key, "transfer": section(cfg, "transfer")}
+    pseudo_key = {**teacher_key, "transfer_rows": content(splits / "transfer.parquet"), "transfer": section(cfg, "transfer")}
     records["pseudo-label"] = run_unit(done / "pseudo-label.json", pseudo_key, "pseudo-label", lambda: pseudo_label.run(cfg))
+    tag = evaluate_tag(args.eval_overrides)
+    eval_overrides = typed_overrides(args.eval_overrides)
     for seed in map(int, args.seeds.split(",")):
         scfg = cfg.with_overrides({"student.seed": seed, "student.output_dir": str(work / f"student-s{seed}"),
-                                   "evaluate.output_dir": str(work / f"eval-s{seed}")})
+                                   "evaluate.output_dir": str(work / f"eval-s{seed}{tag}")})
         for mode in ("labels-only", "soft+repr"):
             mcfg = scfg.with_overrides({"student.mode": mode})
             key = {**pseudo_key, "student": section(mcfg, "student")}
             records[f"s{seed}/{mode}"] = run_unit(done / f"s{seed}-{mode.replace('+', '_')}.json", key, f"[s{seed}] distill {mode}",
                                                   lambda mcfg=mcfg: distill_student.run(mcfg))
 
-        def evaluate_seed(scfg=scfg) -> dict:
-            dirs = {m: scfg.student_dir(m) for m in ("labels-only", "soft+repr")}
-            result = evaluate.run(scfg, student_dirs=dirs)
+        ecfg = scfg.with_overrides(eval_overrides)
+
+        def evaluate_seed(ecfg=ecfg) -> dict:
+            dirs = {m: ecfg.student_dir(m) for m in ("labels-only", "soft+repr")}
+            result = evaluate.run(ecfg, student_dirs=dirs)
             return {"result": result.model_dump(mode="json"), "report": json.loads(Path(result.report_path).read_text())}
 
-        key = {**pseudo_key, "student": section(scfg, "student"), "evaluate": section(scfg, "evaluate")}
-        records[f"s{seed}/evaluate"] = run_unit(done / f"s{seed}-evaluate.json", key, f"[s{seed}] evaluate", evaluate_seed)
+        key = {**pseudo_key, "test": content(splits / "test.parquet"), "student": section(scfg, "student"),
+               "evaluate": section(ecfg, "evaluate")}
+        records[f"s{seed}/evaluate"] = run_unit(done / f"s{seed}-evaluate{tag}.json", key, f"[s{seed}] evaluate{tag}",
+                                                evaluate_seed)
     return records
 
 
-def protocol(cfg, records: dict[str, dict], config_path: str) -> dict[str, Any]:
+def protocol(cfg, records: dict[str, dict], config_path: str, eval_overrides: list[str]) -> dict[str, Any]:
     """What every number was measured under: the budgets, where dev and test come from, the
     transfer and test sentences per language (from prepare-data's card), the tag mapping."""
     card = json.loads((Path(records["prepare-data"]["result"]["data_dir"]) / "data_card.json").read_text())
@@ -154,6 +199,7 @@ def protocol(cfg, records: dict[str, dict], config_path: str) -> dict[str, Any]:
         "per_language": {split: card.get("languages", {}).get(split, {}) for split in ("train", "dev", "test", "transfer")},
         "dropped_empty_words": {lang: sum(v.get(part, {}).get("dropped_empty_words", 0) for part in ("train", "test"))
                                 for lang, v in card.get("read", {}).items()},
+        "decoding": {"dev_scores": cfg.evaluate.decoding, "test": cfg.with_overrides(typed_overrides(eval_overrides)).evaluate.decoding},
         "seed": d.seed, "student_seeds": sorted(int(k[1:].split("/")[0]) for k in records if k.endswith("/evaluate")),
     }
 
@@ -223,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = run_all(args)
     summary = summarise(records)
-    summary["protocol"] = protocol(base_config(args, Path(args.work_dir).resolve()), records, args.config)
+    summary["protocol"] = protocol(base_config(args, Path(args.work_dir).resolve()), records, args.config, args.eval_overrides)
     reports = [r["result"]["report"] for k, r in sorted(records.items()) if k.endswith("/evaluate")]
     out = Path(args.out)
     data.write_json(out, {**summary, "command": " ".join(["python", "benchmarks/multilingual_ner.py", *(argv or sys.argv[1:])]),

@@ -39,3 +39,22 @@ def test_rows_adds_and_teacher_flag(tmp_path):
     assert [r["same_teacher"] for r in rows] == [True, True, False]
     assert "| + unlabeled text | 0.754 | 0.690 | 0.910 / 0.860 | +0.055 |" in proc.stdout
     assert "0.700 (other teacher)" in proc.stdout
+
+
+def test_evaluate_set_takes_only_evaluate_keys_and_tags_the_rescoring():
+    """multilingual_ner.py --evaluate-set rescoring the same models: a training key is refused in one
+    line (exit 2) before any step runs; evaluate keys are typed like --set and named by a short tag."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "multilingual_ner.py"), "--evaluate-set", "student.seed=2"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("--evaluate-set 'student.seed=2': expected evaluate.KEY=VALUE "
+                                                         "(training settings go in --set)")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import multilingual_ner
+
+    assert multilingual_ner.typed_overrides(["evaluate.decoding=constrained", "evaluate.batch_size=64"]) == {
+        "evaluate.decoding": "constrained", "evaluate.batch_size": 64}
+    assert multilingual_ner.evaluate_tag([]) == ""
+    tag = multilingual_ner.evaluate_tag(["evaluate.decoding=constrained"])
+    assert tag.startswith("-") and len(tag) == 9 and tag == multilingual_ner.evaluate_tag(["evaluate.decoding=constrained"])
+    assert tag != multilingual_ner.evaluate_tag(["evaluate.decoding=argmax"])
