@@ -80,6 +80,22 @@ def test_set_overrides_apply_and_validate():
         C.load_config(None, ["data.source.x=1"])
 
 
+def test_set_reaches_one_language_entry_by_lang_or_index(tmp_path):
+    path = write_yaml(tmp_path, "task: token-classification\ndata:\n  format: conll\n  languages:\n"
+                                "    - {lang: da, source: a/da.iob2}\n    - {lang: hr, source: a/hr.iob2}\n")
+    cfg = C.load_config(path, ["data.languages.hr.augment_copies=10", "data.languages.0.max_unlabeled_rows=2000"])
+    plain = C.load_config(path).data.languages[1].max_unlabeled_rows
+    assert [(e.lang, e.augment_copies, e.max_unlabeled_rows) for e in cfg.data.languages] == [("da", 0, 2000), ("hr", 10, plain)]
+    assert cfg.with_overrides({"data.languages.hr.augment_copies": 3}).data.languages[1].augment_copies == 3
+    for item, message in (("data.languages.xx.augment_copies=1", "no entry of data.languages has lang 'xx' (da, hr); or give its index"),
+                          ("data.languages.2.augment_copies=1", "data.languages has 2 entries (0-1), not 2")):
+        with pytest.raises(UserError) as err:
+            C.load_config(path, [item])
+        assert str(err.value) == f"--set {item.split('=')[0]}: {message}"
+    with pytest.raises(UserError, match="unknown config key 'data.languages.1.nope'"):
+        C.load_config(path, ["data.languages.hr.nope=1"])
+
+
 def test_env_expansion(tmp_path, monkeypatch):
     path = write_yaml(tmp_path, "work_dir: ${DF_TEST_WORK:-/tmp/default-work}\ndata:\n  source: ${DF_TEST_DATA}/x.csv\n")
     monkeypatch.delenv("DF_TEST_WORK", raising=False)

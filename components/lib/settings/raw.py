@@ -47,18 +47,40 @@ def _env_value(match: re.Match[str], key: str, origin: str) -> str:
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set raw[a][b]... = value for key 'a.b...'. Inside a list a part is an index or, for a list of
+    entries with a `lang` (data.languages), that language: data.languages.hr.augment_copies=10."""
     parts = key.split(".")
     if not all(parts):
         raise UserError(f"--set {key}: expected section.key=value")
-    node = raw
-    for part in parts[:-1]:
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, key, parts[:i])]
+            continue
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, dict | list):
             raise UserError(f"--set {key}: '{part}' is not a section")
         node = child
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], key, parts[:-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(items: list, part: str, key: str, where: list[str]) -> int:
+    """The entry `part` names in the list at `where`: its index, or the entry whose lang it is."""
+    name = ".".join(where)
+    if part.isdigit():
+        if int(part) < len(items):
+            return int(part)
+        raise UserError(f"--set {key}: {name} has {len(items)} entries (0-{len(items) - 1}), not {part}")
+    langs = [item.get("lang") if isinstance(item, dict) else None for item in items]
+    if part in langs:
+        return langs.index(part)
+    known = ", ".join(str(x) for x in langs if x is not None) or "none has a lang"
+    raise UserError(f"--set {key}: no entry of {name} has lang '{part}' ({known}); or give its index")
 
 
 def parse_set(item: str) -> tuple[str, Any]:
