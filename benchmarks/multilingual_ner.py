@@ -204,6 +204,25 @@ def protocol(cfg, records: dict[str, dict], config_path: str, eval_overrides: li
     }
 
 
+def epochs_used(cfg, records: dict[str, dict]) -> dict[str, Any]:
+    """How many epochs the teacher and every student stage ran against its cap, and whether patience
+    or the cap ended it: a stage that ran its whole cap was budget-bound (issue: schedules that are
+    not). From the teacher's result and each student's metrics.json `phases`."""
+    t = records["finetune-teacher"]["result"]
+    out: dict[str, Any] = {"teacher": {"epochs": t["epochs_run"], "cap": cfg.teacher.epochs, "best_epoch": t["best_epoch"],
+                                       "ended_by": "patience" if t["epochs_run"] < cfg.teacher.epochs else "cap"}}
+    caps = {"repr": cfg.student.repr_epochs, "soft": cfg.student.soft_epochs, "hard": cfg.student.soft_epochs,
+            "labels": cfg.student.label_epochs}
+    for key, rec in sorted(records.items()):
+        if "/" not in key or key.endswith("/evaluate"):
+            continue
+        metrics = json.loads((Path(rec["result"]["student_dir"]) / "metrics.json").read_text())
+        out[key] = [{"stage": ph["name"], "epochs": ph["epochs"], "cap": caps.get(ph["target"]),
+                     "ended_by": "cap" if ph["epochs"] >= caps.get(ph["target"], 10**9) else "patience"}
+                    for ph in metrics.get("phases", [])]
+    return out
+
+
 def summarise(records: dict[str, dict]) -> dict[str, Any]:
     """Per language teacher / baseline / student F1 as mean and std over seeds, and the targets."""
     reports = [r["result"]["report"] for k, r in sorted(records.items()) if k.endswith("/evaluate")]
@@ -259,6 +278,12 @@ def markdown(summary: dict[str, Any]) -> str:
               f"{summary['retention_at_least_0_90']['of']} languages; teacher F1 < {TEACHER_FAILS_BELOW} in "
               f"{', '.join(summary['teacher_fails']) or 'none'}.", ""]
     lines += [f"- {'PASS' if t['pass'] else 'MISS'} {t['target']}: {t['value']:.3f} (target >= {t['min']})" for t in summary["targets"]]
+    if summary.get("epochs_used"):
+        used = summary["epochs_used"]
+        te = used["teacher"]
+        lines += ["", f"Epochs used / cap: teacher {te['epochs']}/{te['cap']} (best {te['best_epoch']}, ended by {te['ended_by']})"]
+        lines += [f"- {key}: " + ", ".join(f"{st['stage']} {st['epochs']}/{st['cap']}" + (" cap" if st["ended_by"] == "cap" else "")
+                                           for st in stages) for key, stages in used.items() if key != "teacher"]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
 
     records = run_all(args)
     summary = summarise(records)
-    summary["protocol"] = protocol(base_config(args, Path(args.work_dir).resolve()), records, args.config, args.eval_overrides)
+    cfg = base_config(args, Path(args.work_dir).resolve())
+    summary["protocol"] = protocol(cfg, records, args.config, args.eval_overrides)
+    summary["epochs_used"] = epochs_used(cfg, records)
     reports = [r["result"]["report"] for k, r in sorted(records.items()) if k.endswith("/evaluate")]
     out = Path(args.out)
     data.write_json(out, {**summary, "command": " ".join(["python", "benchmarks/multilingual_ner.py", *(argv or sys.argv[1:])]),
