@@ -229,6 +229,9 @@ def test_render_isvc_pins_the_champion_version(registered, capsys):
     assert pipeline.main([*argv, "--runtime", "mlflow"]) == 0
     (doc,) = list(yaml.safe_load_all(capsys.readouterr().out))
     assert doc["spec"]["predictor"]["model"]["runtime"] == "distilflow-mlserver"
+    assert pipeline.main([*argv, "--isvc-protocol", "grpc-v2"]) == 0
+    (doc,) = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert doc["spec"]["predictor"]["model"]["protocolVersion"] == "grpc-v2" and kserve_schema.errors(doc) == []
     # A local artifact store is no storageUri: the user is told to copy the model and pass one.
     assert pipeline.main(argv[:-2]) == 2
     err = capsys.readouterr().err
@@ -276,6 +279,27 @@ def test_serving_manifests_are_current_and_valid(tmp_path):
     predictor = docs["InferenceService"]["spec"]["predictor"]
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     assert predictor["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
+
+
+def test_a_grpc_isvc_names_the_runtimes_grpc_port_as_h2c():
+    """KServe routes HTTP/2 (gRPC) to the model's port named h2c; it must be the port MLServer's
+    gRPC server listens on (MLSERVER_GRPC_PORT) in a runtime that declares grpc-v2."""
+    from components.lib.core.errors import UserError
+    from components.serve import isvc
+    from tests import kserve_schema
+
+    doc = isvc.render_isvc("m", "s3://b/m", runtime="lean", protocol="grpc-v2")
+    assert kserve_schema.errors(doc) == []
+    model = doc["spec"]["predictor"]["model"]
+    runtime = isvc.render_runtime(runtime="lean")
+    env = {e["name"]: e["value"] for e in runtime["spec"]["containers"][0]["env"]}
+    assert model["protocolVersion"] == "grpc-v2" in runtime["spec"]["protocolVersions"]
+    assert model["ports"] == [{"containerPort": int(env["MLSERVER_GRPC_PORT"]), "name": "h2c", "protocol": "TCP"}]
+    rest = isvc.render_isvc("m", "s3://b/m")["spec"]["predictor"]["model"]
+    assert "ports" not in rest and rest["protocolVersion"] == "v2" in runtime["spec"]["protocolVersions"]
+    assert runtime["spec"]["containers"][0]["ports"][0]["containerPort"] == int(env["MLSERVER_HTTP_PORT"])
+    with pytest.raises(UserError, match="--isvc-protocol 'grpc': expected one of v2, grpc-v2"):
+        isvc.render_isvc("m", "s3://b/m", protocol="grpc")
 
 
 def test_strict_schema_rejects_a_misspelt_isvc():

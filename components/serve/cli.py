@@ -55,6 +55,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="with --render-isvc: the exported model dir in object storage or a PVC "
                              "(default: where MLflow stored the version, when that is not a local path)")
     parser.add_argument("--namespace", default=isvc.NAMESPACE, help="with --render-isvc: the namespace")
+    parser.add_argument("--isvc-protocol", choices=isvc.PROTOCOLS, default="v2",
+                        help="with --render-isvc: v2 (REST, default) or grpc-v2 (MLServer's gRPC port, h2c)")
     parser.epilog = ("SIGTERM or SIGINT (Ctrl-C) stops it gracefully: in-flight requests finish (up to --grace), "
                      "MLServer and its workers end, temp dirs are removed, exit 0; a second signal hurries it. "
                      "Exit 2: a one-line error (port in use, no model, MLServer died).")
@@ -95,7 +97,8 @@ def render(cfg: PipelineConfig, args, tracking_uri: str) -> str:
                         "dir to object storage and pass --storage-uri (e.g. s3://bucket/path)")
     model_ref = f"models:/{name}/{version}" if version else ref
     return isvc.to_yaml(isvc.render_isvc(name, storage, version, model_ref, args.namespace,
-                                         runtime=getattr(args, "runtime", "lean")))
+                                         runtime=getattr(args, "runtime", "lean"),
+                                         protocol=getattr(args, "isvc_protocol", "v2")))
 
 
 class StopRequested(BaseException):

@@ -1,8 +1,10 @@
 """The KServe objects that serve a registered student: two namespaced ServingRuntimes on the
 serving image, MLServer with distilflow's lean runtime (the student's bundle straight into ONNX
 Runtime: components/serve/lean_runtime.py) or with its checked MLflow runtime (mlserver-mlflow:
-runtime.py), and one InferenceService per model (`modelFormat: mlflow`, protocol v2, storageUri
-pointing at the exported pyfunc dir, `runtime` naming one of the two).
+runtime.py), and one InferenceService per model (`modelFormat: mlflow`, storageUri pointing at the
+exported pyfunc dir, `runtime` naming one of the two). Both runtimes declare the V2 protocol over
+REST and gRPC (MLServer serves both, MLSERVER_GRPC_PORT); an InferenceService uses one: `v2`
+(REST, port 8080) or `grpc-v2`, for which KServe routes the model's port named h2c (9000).
 
 manifests/serving/ holds both as rendered here for the demo's model; `distilflow serve
 --render-isvc` renders the InferenceService for whatever version a registry alias points at.
@@ -35,6 +37,8 @@ SIZING = {
     "workers": 2,
 }
 LABELS = {"app.kubernetes.io/part-of": "distilflow", "app.kubernetes.io/component": "serving"}
+HTTP_PORT, GRPC_PORT = 8080, 9000
+PROTOCOLS = ("v2", "grpc-v2")  # KServe's protocolVersion values for the V2 (Open Inference) protocol
 
 
 def isvc_name(model_name: str) -> str:
@@ -51,8 +55,12 @@ def runtime_name(runtime: str = "lean") -> str:
 
 
 def render_isvc(model_name: str, storage_uri: str, version: str | None = None, model_ref: str | None = None,
-                namespace: str = NAMESPACE, sizing: dict | None = None, runtime: str = "lean") -> dict:
-    """The InferenceService for one registered model version (or the alias, when version is None)."""
+                namespace: str = NAMESPACE, sizing: dict | None = None, runtime: str = "lean",
+                protocol: str = "v2") -> dict:
+    """The InferenceService for one registered model version (or the alias, when version is None);
+    protocol grpc-v2 exposes MLServer's gRPC port (h2c, the name KServe routes HTTP/2 to) instead of REST."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--isvc-protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     if not re.match(r"^[a-z][a-z0-9+.-]*://", storage_uri):
         raise UserError(f"--storage-uri {storage_uri!r}: expected a URI such as s3://bucket/path or pvc://claim/path")
     s = {**SIZING, **(sizing or {})}
@@ -80,9 +88,11 @@ def render_isvc(model_name: str, storage_uri: str, version: str | None = None, m
                 "scaleTarget": s["scale_target"],
                 "model": {
                     "modelFormat": {"name": "mlflow", "version": "2"},
-                    "protocolVersion": "v2",
+                    "protocolVersion": protocol,
                     "runtime": runtime_name(runtime),
                     "storageUri": storage_uri,
+                    **({"ports": [{"containerPort": GRPC_PORT, "name": "h2c", "protocol": "TCP"}]}
+                       if protocol == "grpc-v2" else {}),
                     "resources": {"requests": dict(s["requests"]), "limits": dict(s["limits"])},
                 },
             },
@@ -103,19 +113,20 @@ def render_runtime(namespace: str = NAMESPACE, image: str = SERVE_IMAGE, runtime
         "spec": {
             "annotations": {"prometheus.kserve.io/port": "8082", "prometheus.kserve.io/path": "/metrics"},
             "supportedModelFormats": [{"name": "mlflow", "version": "2", "autoSelect": False}],
-            "protocolVersions": ["v2"],
+            "protocolVersions": list(PROTOCOLS),
             "containers": [{
                 "name": "kserve-container",
                 "image": image,
                 "env": [
                     {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": RUNTIME_CLASSES[runtime]},
-                    {"name": "MLSERVER_HTTP_PORT", "value": "8080"},
-                    {"name": "MLSERVER_GRPC_PORT", "value": "9000"},
+                    {"name": "MLSERVER_HTTP_PORT", "value": str(HTTP_PORT)},
+                    {"name": "MLSERVER_GRPC_PORT", "value": str(GRPC_PORT)},
                     # one inference worker per core of the limit; one thread each (runtime.py)
                     {"name": "MLSERVER_PARALLEL_WORKERS", "value": str(SIZING["workers"])},
                     {"name": "MLSERVER_MODEL_EXTRA", "value": '{"max_texts": 1024, "max_chars": 65536, "threads": 1}'},
                 ],
-                "ports": [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}],
+                # the REST port; an InferenceService with protocolVersion grpc-v2 names h2c (GRPC_PORT)
+                "ports": [{"containerPort": HTTP_PORT, "name": "http1", "protocol": "TCP"}],
                 "securityContext": {
                     "allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
                     "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
