@@ -7,9 +7,10 @@ from result files of benchmarks/multilingual_ner.py runs that share one teacher 
         [--into benchmarks/results/uner.json]
 
 Each row: macro teacher / student F1, retention mean and min over languages, compression, speed-up,
-seeds, and the retention it adds over the row before. A row whose teacher F1 differs from the first
-row's by more than 0.005 is flagged (`same_teacher: false`): retention must not come from a weaker
-teacher. `--into` writes the rows under the `ablation` key of that result file (its other keys
+seeds, and the retention it adds over the row before. A row whose teacher is another model than the
+first row's (its MLflow run, `teacher_run`; where a result lacks it, a teacher F1 more than 0.005
+away) is flagged (`same_teacher: false`): retention must not come from a weaker teacher. The same
+teacher scored another way (e.g. decoded constrained) is marked with that decoding instead. `--into` writes the rows under the `ablation` key of that result file (its other keys
 untouched); the table is printed as Markdown. Never run by CI; reads only the files named.
 """
 
@@ -40,15 +41,19 @@ def row(label: str, result: dict[str, Any], source: str) -> dict[str, Any]:
             "teacher_f1": macro["teacher"]["mean"], "student_f1": macro["student"]["mean"],
             "baseline_f1": macro["baseline"]["mean"], "retention_mean": result["retention_mean"],
             "retention_min": result["retention_min"], "compression": result["compression"],
-            "speedup": result["speedup"]["mean"], "params_student": result["params"]["student"]}
+            "speedup": result["speedup"]["mean"], "params_student": result["params"]["student"],
+            "teacher_run": result.get("teacher_run"),
+            "decoding": result.get("protocol", {}).get("decoding", {}).get("test")}
 
 
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with the retention each adds over the one before and whether the teacher is the first row's."""
+    first = rows[0]
     out = []
     for i, r in enumerate(rows):
-        out.append({**r, "adds": None if i == 0 else r["retention_mean"] - rows[i - 1]["retention_mean"],
-                    "same_teacher": abs(r["teacher_f1"] - rows[0]["teacher_f1"]) <= SAME_TEACHER_TOL})
+        same = (r["teacher_run"] == first["teacher_run"] if r.get("teacher_run") and first.get("teacher_run")
+                else abs(r["teacher_f1"] - first["teacher_f1"]) <= SAME_TEACHER_TOL)
+        out.append({**r, "adds": None if i == 0 else r["retention_mean"] - rows[i - 1]["retention_mean"], "same_teacher": same})
     return out
 
 
@@ -57,7 +62,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         adds = "" if r["adds"] is None else f"{r['adds']:+.3f}"
-        flag = "" if r["same_teacher"] else " (other teacher)"
+        flag = (" (other teacher)" if not r["same_teacher"] else
+                f" ({r['decoding']} decoding)" if r.get("decoding") and r["decoding"] != rows[0].get("decoding") else "")
         lines.append(f"| {r['lever']} | {r['teacher_f1']:.3f}{flag} | {r['student_f1']:.3f} | {r['retention_mean']:.3f} / "
                      f"{r['retention_min']:.3f} | {adds} | {r['compression']:.1f}x | {r['speedup']:.1f}x | {r['seeds']} |")
     return "\n".join(lines) + "\n"
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for spec in args.row:
-        label, sep, path = spec.partition("=")
+        label, sep, path = spec.rpartition("=")  # a label may hold "=" (a --set), a path seldom
         if not sep or not label.strip():
             raise SystemExit(f"--row {spec!r}: expected LABEL=RESULT.json")
         try:

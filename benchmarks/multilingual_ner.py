@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     data.write_json(out, {**summary, "command": " ".join(["python", "benchmarks/multilingual_ner.py", *(argv or sys.argv[1:])]),
                           "machine": machine(reports), "wall_s": {k: r["wall_s"] for k, r in records.items()},
-                          "teacher_model": records["finetune-teacher"]["result"]["registered"]})
+                          "teacher_model": records["finetune-teacher"]["result"]["registered"],
+                          "teacher_run": records["finetune-teacher"]["result"]["mlflow_run_id"]})
     out.with_suffix(".md").write_text(markdown(summary))
     print(markdown(summary))
     return 0

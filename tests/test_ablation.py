@@ -58,3 +58,22 @@ def test_evaluate_set_takes_only_evaluate_keys_and_tags_the_rescoring():
     tag = multilingual_ner.evaluate_tag(["evaluate.decoding=constrained"])
     assert tag.startswith("-") and len(tag) == 9 and tag == multilingual_ner.evaluate_tag(["evaluate.decoding=constrained"])
     assert tag != multilingual_ner.evaluate_tag(["evaluate.decoding=argmax"])
+
+
+def test_the_teacher_is_compared_by_its_run_and_a_rescoring_names_its_decoding(tmp_path):
+    """With teacher_run in the results, one teacher decoded another way (F1 moved) is the same
+    teacher, marked with its decoding; another run at the same F1 is flagged."""
+    def res(teacher_f1, run, decoding):
+        return {**result(teacher_f1, 0.70, 0.93, 1), "teacher_run": run, "protocol": {"decoding": {"test": decoding}}}
+
+    specs = []
+    for name, r in (("base", res(0.758, "run-a", "argmax")), ("decoded", res(0.770, "run-a", "constrained")),
+                    ("retrained", res(0.758, "run-b", "argmax"))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+        specs += ["--row", f"{name} (x=1)={tmp_path / f'{name}.json'}"]  # a label may hold "="
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), *specs],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| decoded (x=1) | 0.770 (constrained decoding) |" in proc.stdout
+    assert "| retrained (x=1) | 0.758 (other teacher) |" in proc.stdout
+    assert "| base (x=1) | 0.758 |" in proc.stdout
