@@ -10,7 +10,8 @@ Each row: macro teacher / student F1, retention mean and min over languages, com
 seeds, and the retention it adds over the row before. A row whose teacher is another model than the
 first row's (its MLflow run, `teacher_run`; where a result lacks it, a teacher F1 more than 0.005
 away) is flagged (`same_teacher: false`): retention must not come from a weaker teacher. The same
-teacher scored another way (e.g. decoded constrained) is marked with that decoding instead. `--into` writes the rows under the `ablation` key of that result file (its other keys
+teacher scored another way (e.g. decoded constrained) is marked with that decoding instead. `--into`
+writes the rows under the `ablation` key of that result file (its other keys
 untouched); the table is printed as Markdown. Never run by CI; reads only the files named.
 """
 

@@ -110,15 +110,6 @@ def section(cfg, name: str) -> dict:
     return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items() if k not in ("output_dir", "num_threads")}
 
 
-def content(path: Path) -> str:
-    """sha256 of a file's bytes: a step keyed by what it reads rather than by the settings that made it."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def register_teacher(cfg, model_uri: str) -> str:
     """Register the fine-tuned teacher once; later steps read it as models:/NAME/VERSION."""
     import mlflow
@@ -133,6 +124,7 @@ def register_teacher(cfg, model_uri: str) -> str:
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     from components import distill_student, evaluate, finetune_teacher, prepare_data, pseudo_label
+    from components.lib.contracts.files import sha256_file as content
 
     work = Path(args.work_dir).resolve()
     cfg = base_config(args, work)
@@ -183,7 +175,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return records
 
 
-def protocol(cfg, records: dict[str, dict], config_path: str, eval_overrides: list[str]) -> dict[str, Any]:
+def protocol(cfg, records: dict[str, dict], config_path: str, test_decoding: str) -> dict[str, Any]:
     """What every number was measured under: the budgets, where dev and test come from, the
     transfer and test sentences per language (from prepare-data's card), the tag mapping."""
     card = json.loads((Path(records["prepare-data"]["result"]["data_dir"]) / "data_card.json").read_text())
@@ -199,7 +191,7 @@ def protocol(cfg, records: dict[str, dict], config_path: str, eval_overrides: li
         "per_language": {split: card.get("languages", {}).get(split, {}) for split in ("train", "dev", "test", "transfer")},
         "dropped_empty_words": {lang: sum(v.get(part, {}).get("dropped_empty_words", 0) for part in ("train", "test"))
                                 for lang, v in card.get("read", {}).items()},
-        "decoding": {"dev_scores": cfg.evaluate.decoding, "test": cfg.with_overrides(typed_overrides(eval_overrides)).evaluate.decoding},
+        "decoding": {"dev_scores": cfg.evaluate.decoding, "test": test_decoding},
         "seed": d.seed, "student_seeds": sorted(int(k[1:].split("/")[0]) for k in records if k.endswith("/evaluate")),
     }
 
@@ -295,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     records = run_all(args)
     summary = summarise(records)
     cfg = base_config(args, Path(args.work_dir).resolve())
-    summary["protocol"] = protocol(cfg, records, args.config, args.eval_overrides)
+    test_decoding = cfg.with_overrides(typed_overrides(args.eval_overrides)).evaluate.decoding
+    summary["protocol"] = protocol(cfg, records, args.config, test_decoding)
     summary["epochs_used"] = epochs_used(cfg, records)
     reports = [r["result"]["report"] for k, r in sorted(records.items()) if k.endswith("/evaluate")]
     out = Path(args.out)
