@@ -24,7 +24,9 @@ models another way (e.g. constrained decoding of students whose dev scores were 
 seeds), retention_mean / retention_min (student / teacher F1 over languages), how many languages
 keep >= 0.90 of the teacher's F1, the languages where the teacher itself fails (F1 < 0.5),
 compression, speedup, the protocol (budgets, transfer and test rows per language, tag mapping),
-and prints every target with PASS/MISS. Never run by CI.
+each language's student OOV and test sentences, the student's vocabulary; <out>.md (the table,
+weakest student first) and <out>.png (student vs teacher F1 per language: plot_languages.py); and
+prints every target with PASS/MISS. Never run by CI.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from paper_units import machine, mean_std, run_unit  # noqa: E402
+from plot_languages import plot_languages  # noqa: E402
 
 log = logging.getLogger("multilingual_ner")
 TEACHER_F1_MIN = 0.60  # a teacher worth distilling: macro entity F1 over the languages
@@ -242,6 +245,10 @@ def summarise(records: dict[str, dict]) -> dict[str, Any]:
         "throughput": {name: mean_std([rep["throughput"][name] for rep in reports]) for name in ("teacher", "student")},
         "seeds": len(reports),
         "test_sentences": {lang: reports[0]["teacher"]["per_language"][lang]["sentences"] for lang in langs},
+        # the share of each language's test pieces outside the student's trimmed vocabulary (mean over seeds)
+        "oov": {lang: sum(rep["student"].get("oov_rate_per_language", {}).get(lang, 0.0) for rep in reports) / len(reports)
+                for lang in langs},
+        "vocab": reports[0]["student"].get("vocab"),
     }
     summary["targets"] = [
         {"target": "teacher macro entity F1 over languages", "value": macro["teacher"]["mean"], "min": TEACHER_F1_MIN},
@@ -259,11 +266,21 @@ def summarise(records: dict[str, dict]) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     fmt = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}"  # noqa: E731
-    lines = ["| language | teacher F1 | baseline F1 | student F1 | retention |", "| --- | --- | --- | --- | --- |"]
+    oov, sent = summary.get("oov") or {}, summary.get("test_sentences") or {}
+    lines = ["| language | teacher F1 | baseline F1 | student F1 | retention | student OOV | test sentences |",
+             "| --- | --- | --- | --- | --- | ---: | ---: |"]
     for lang, v in sorted(summary["languages"].items(), key=lambda kv: (kv[1]["student"]["mean"], kv[0])):  # weakest first
-        lines.append(f"| {lang} | {fmt(v['teacher'])} | {fmt(v['baseline'])} | {fmt(v['student'])} | {summary['retention'][lang]:.3f} |")
+        lines.append(f"| {lang} | {fmt(v['teacher'])} | {fmt(v['baseline'])} | {fmt(v['student'])} | "
+                     f"{summary['retention'][lang]:.3f} | {oov.get(lang, 0.0):.3f} | {sent.get(lang, 0)} |")
     m = summary["macro_f1"]
-    lines.append(f"| macro | {fmt(m['teacher'])} | {fmt(m['baseline'])} | {fmt(m['student'])} | {summary['retention_mean']:.3f} |")
+    mean_oov = sum(oov.values()) / len(oov) if oov else 0.0
+    lines.append(f"| macro | {fmt(m['teacher'])} | {fmt(m['baseline'])} | {fmt(m['student'])} | {summary['retention_mean']:.3f} | "
+                 f"{mean_oov:.3f} | {sum(sent.values())} |")
+    if summary.get("vocab"):
+        vc, params = summary["vocab"], summary["params"]
+        lines += ["", f"Student vocabulary: {vc['size']:,} pieces of the teacher's {vc['teacher_vocab_size']:,} (student.max_vocab "
+                  f"{vc['max_vocab']}, min_count {vc['min_count']}, counted on {vc['counted_on']}); student "
+                  f"{params['student']:,} parameters, teacher {params['teacher']:,}."]
     lines += ["", f"Compression {summary['compression']:.1f}x; speed-up {fmt(summary['speedup'])}x "
               f"(ONNX {fmt(summary['speedup_onnx'])}x); {summary['seeds']} seeds.",
               f"Retention >= 0.90 in {summary['retention_at_least_0_90']['count']} of "
@@ -297,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                           "teacher_model": records["finetune-teacher"]["result"]["registered"],
                           "teacher_run": records["finetune-teacher"]["result"]["mlflow_run_id"]})
     out.with_suffix(".md").write_text(markdown(summary))
+    plot_languages(summary, out.with_suffix(".png"))
     print(markdown(summary))
     return 0
 

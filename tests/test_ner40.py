@@ -186,3 +186,44 @@ def test_the_per_language_table_is_weakest_first():
     assert rows[-1] == "| macro (unweighted) | 0.800 | 0.300 | 0.550 | 0.700 | 0.050 | 60 | – |"
     assert ("| language | teacher F1 | labels-only baseline F1 | student F1 | retention | student OOV | test sentences "
             "| entities |") in lines
+
+
+def test_the_benchmark_table_and_plot_on_a_synthetic_three_language_run(tmp_path):
+    """multilingual_ner.summarise -> markdown -> plot_languages on evaluate reports of two seeds over
+    three languages: the weakest student first, OOV and test sentences per language, the vocabulary
+    line, and one point per language with the retention below 0.90 the first drawn."""
+    import matplotlib.image
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    import multilingual_ner
+    from plot_languages import plot_languages
+
+    def report(seed: int) -> dict:
+        f1 = {"teacher": {"aa": 0.8, "bb": 0.7, "cc": 0.4}, "baseline": {"aa": 0.5, "bb": 0.3, "cc": 0.2},
+              "student": {"aa": 0.78 + 0.01 * seed, "bb": 0.56, "cc": 0.39}}
+        per = {name: {"per_language": {lang: {"f1": v, "sentences": 100 + k} for k, (lang, v) in enumerate(f.items())}}
+               for name, f in f1.items()}
+        per["student"].update(oov_rate_per_language={"aa": 0.01 * seed, "bb": 0.2, "cc": 0.05},
+                              vocab={"size": 900, "teacher_vocab_size": 250002, "max_vocab": 900, "min_count": 1,
+                                     "counted_on": "train + transfer"})
+        return {**per, "languages": ["aa", "bb", "cc"], "compression": 40.0, "speedup": 50.0, "speedup_onnx": 60.0,
+                "params": {"student": 2_000_000, "teacher": 80_000_000},
+                "throughput": {"teacher": 10.0, "student": 500.0}}
+
+    records = {f"[s{s}]/evaluate": {"result": {"report": report(s)}} for s in (1, 2)}
+    summary = multilingual_ner.summarise(records)
+    assert abs(summary["oov"]["aa"] - 0.015) < 1e-12 and summary["test_sentences"] == {"aa": 100, "bb": 101, "cc": 102}
+    assert summary["retention_at_least_0_90"] == {"count": 2, "of": 3, "below": ["bb"]}
+    assert summary["teacher_fails"] == ["cc"]
+    md = multilingual_ner.markdown(summary).splitlines()
+    rows = [line for line in md if line.startswith("| ") and not line.startswith(("| language", "| ---"))]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["cc", "bb", "aa", "macro"]
+    assert rows[1] == "| bb | 0.700 ± 0.000 | 0.300 ± 0.000 | 0.560 ± 0.000 | 0.800 | 0.200 | 101 |"
+    assert rows[-1].endswith("| 303 |")
+    assert any(line.startswith("Student vocabulary: 900 pieces of the teacher's 250,002 (student.max_vocab 900") for line in md)
+    png = tmp_path / "ner3.png"
+    drawn = plot_languages(summary, png)
+    assert [p[0] for p in drawn] == ["bb", "cc", "aa"]  # weakest retention first
+    assert abs(drawn[0][3] - 0.8) < 1e-12
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 400 and image.shape[1] > 400
