@@ -256,6 +256,15 @@ def test_sqlite_uri_below_a_regular_file(tmp_path):
     assert last.endswith("or set tracking.enabled=false")
 
 
+
+@pytest.mark.parametrize("uri", ["none", "./mlruns", "file:///tmp/mlruns"])
+def test_a_path_as_tracking_uri_is_one_line_naming_the_key(uri, tmp_path):
+    """A plain path (or file: URI) is MLflow's file store, which MLflow 3 refuses with a traceback."""
+    proc, seconds = run_cli(PREPARE, tmp_path, tmp_path / "work", f"tracking.uri={uri}")
+    last = assert_one_line(proc, seconds, f"tracking.uri {uri!r}: a path is MLflow's file store, ")
+    assert last.endswith("or set tracking.enabled=false to log nothing")
+    assert leftovers(tmp_path / "work") == [] and not (tmp_path / "mlruns").exists()
+
 # ---------------------------------------------------------------- 4. a killed writer's temps
 
 def _dead_pid() -> int:

@@ -25,6 +25,7 @@ from components.lib.settings.cli import (
 )
 from components.lib.settings.config import PipelineConfig
 from components.lib.tracking.store import (  # noqa: F401  (tracking_uri: also runs.tracking_uri for its callers)
+    check_not_file_store,
     check_store_dir,
     disk_faults_named,
     sqlite_path,
@@ -139,6 +140,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def ensure_experiment(cfg: PipelineConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (created if missing)."""
     uri = tracking_uri(cfg)
+    check_not_file_store(cfg, uri)
     check_server(uri)
     db = sqlite_path(uri)
     fresh = db is not None and not db.exists()

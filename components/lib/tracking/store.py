@@ -54,6 +54,18 @@ def _uri_key(cfg: PipelineConfig) -> str:
     return "MLFLOW_TRACKING_URI" if env and env != default_uri(cfg) else "work_dir"
 
 
+def check_not_file_store(cfg: PipelineConfig, uri: str) -> None:
+    """A URI without a scheme (a plain path, e.g. `none` or `./mlruns`) or a file: URI is MLflow's
+    file store, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE is set, with a traceback:
+    one line naming the setting and what to use instead."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ("file" if uri.lower().startswith("file:") else "")
+    if scheme not in ("", "file") or os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+        return
+    key = _uri_key(cfg)
+    raise UserError(f"{key} {uri!r}: a path is MLflow's file store, which MLflow no longer accepts; use "
+                    f"sqlite:///<dir>/mlflow.db or an http(s):// server, or set tracking.enabled=false to log nothing")
+
+
 def check_store_dir(cfg: PipelineConfig, uri: str, db: Path) -> None:
     """The sqlite store's directory, made and probed before MLflow opens it: SQLAlchemy retries a
     store it cannot open for ~105 s and then prints a traceback; a file in the way is a FileExistsError."""
