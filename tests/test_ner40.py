@@ -161,6 +161,7 @@ def test_the_ner40_preset(monkeypatch):
     assert [ls.lang for ls in langs.values() if ls.conll_empty_words] == ["xho"]
     assert cfg.data.label_map == {"B-DATE": "O", "I-DATE": "O", "B-OTH": "O", "I-OTH": "O"}
     assert (cfg.data.train_sentences, cfg.data.dev_sentence_budget) == (200, 100)
+    assert cfg.student.embed_rank == 64  # 35x needs <= 3.36M parameters: ~2.9M at rank 64
 
 
 def test_the_per_language_table_is_weakest_first():
