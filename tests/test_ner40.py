@@ -113,6 +113,26 @@ def test_an_empty_word_fails_with_its_line_or_is_dropped_and_counted(tmp_path):
     assert [s.words for s in conll.iter_conll(tsv, 1, 2, tabs=True, dropped=dropped)] == [["EU"]] and dropped == [2]
 
 
+
+def test_an_empty_word_read_as_unlabeled_words_is_not_the_word_o(tmp_path):
+    """A MasakhaNER-style file read for its words only (an unlabeled CoNLL source): ` O` is a line
+    without its word, as when reading tags, not the word "O"; a words-only file's lines stay words."""
+    from components.lib.sources.token_ingest import read_conll_file
+
+    path = tmp_path / "u.txt"
+    path.write_text("Kampala B-LOC\nni O\n O\nmji O\n\nO O\n")
+    with pytest.raises(DataError, match=r"u\.txt:3: the word is empty \(' O'\); set data.conll_empty_words=drop"):
+        list(conll.iter_conll(path, 0, None))
+    dropped: list[int] = []
+    assert [s.words for s in conll.iter_conll(path, 0, None, dropped=dropped)] == [["Kampala", "ni", "mji"], ["O"]]
+    assert dropped == [3]
+    dc = config(tmp_path, masakhaner_sources(tmp_path), conll_empty_words="drop").data
+    got = read_conll_file(str(path), "unsup/", dc, tag_field=False)
+    assert got.words == [["Kampala", "ni", "mji"], ["O"]] and got.tags is None
+    words_only = tmp_path / "w.txt"
+    words_only.write_text("Kampala\n ni\nmji\n")  # one field a line: a leading space is only a space
+    assert [s.words for s in conll.iter_conll(words_only, 0, None)] == [["Kampala", "ni", "mji"]]
+
 def test_a_language_without_a_test_split_is_one_line_and_exit_2(tmp_path):
     root = write_masakhaner_like(tmp_path / "ner", ("mm", "nn"))
     no_test = masakhaner_sources(root, ("mm",)) + [{"lang": "nn", "source": str(root / "nn" / "train.txt")}]

@@ -64,14 +64,16 @@ def iter_conll(
     plain CoNLL a word may start with # (a hashtag in WNUT-16). tabs: fields are separated by tabs
     only, so a word may hold a space (CoNLL-U: Portuguese "34 470"); else by any whitespace.
     A line whose word is empty (whitespace-separated: the line starts with the separator and lacks
-    the word field; tab-separated: the word field is blank) is a DataError, or with `dropped` (a
-    list) skipped and its line number appended there."""
+    the word field; tab-separated: the word field is blank; words only, without a tag field: the
+    line starts with the separator and has fewer fields than an earlier line) is a DataError, or
+    with `dropped` (a list) skipped and its line number appended there."""
     where = where or str(path)
     if remote.is_remote(str(path)):
         with remote.local_copy(str(path)) as copy:
             yield from iter_conll(copy, token_field, tag_field, where, encoding, digest, comments, tabs, dropped)
         return
     need = _min_fields(token_field, tag_field)
+    widest = 0  # words only (no tag field): the most fields a line of this file had so far
     words: list[str] = []
     tags: list[str] = []
     first = 0
@@ -97,7 +99,9 @@ def iter_conll(
                     yield ConllSentence(words, tags if tag_field is not None else None, first)
                 words, tags = [], []
                 continue
-            if _empty_word(line, fields, need, token_field, tabs):
+            if tag_field is None:
+                widest = max(widest, len(fields))
+            if _empty_word(line, fields, need, token_field, tabs) or _tagless_empty_word(line, fields, widest, token_field, tabs):
                 if dropped is None:
                     raise DataError(f"{where}:{lineno}: the word is empty ({line.rstrip(chr(10) + chr(13))!r}); set "
                                     "data.conll_empty_words=drop to drop such lines (they are counted)")
@@ -121,6 +125,12 @@ def _empty_word(line: str, fields: list[str], need: int, token_field: int, tabs:
         return len(fields) >= need and not fields[token_field].strip()
     # ' O': split() sees one field; the leading separator says the missing one is the word
     return token_field == 0 and len(fields) == need - 1 and line[:1] in (" ", "\t")
+
+
+def _tagless_empty_word(line: str, fields: list[str], widest: int, token_field: int, tabs: bool) -> bool:
+    # words only, from a file with tags (MasakhaNER's ` O` read as unlabeled text): the leading
+    # separator and a field fewer than earlier lines say the word is missing, not that it is "O"
+    return not tabs and token_field == 0 and line[:1] in (" ", "\t") and len(fields) < widest
 
 
 class Layout(NamedTuple):
