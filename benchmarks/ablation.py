@@ -11,8 +11,9 @@ seeds, and the retention it adds over the row before. A row whose teacher is ano
 first row's (its MLflow run, `teacher_run`; where a result lacks it, a teacher F1 more than 0.005
 away) is flagged (`same_teacher: false`): retention must not come from a weaker teacher. The same
 teacher scored another way (e.g. decoded constrained) is marked with that decoding instead. `--into`
-writes the rows under the `ablation` key of that result file (its other keys
-untouched); the table is printed as Markdown. Never run by CI; reads only the files named.
+writes the rows under the `ablation` key (or --key) of that result file (its other keys
+untouched); the speed-up is the median of every interleaved timing round where the result pools
+them (min-max beside it); the table is printed as Markdown. Never run by CI; reads only the files named.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--row", action="append", required=True, metavar="LABEL=RESULT.json",
                    help="a lever and the multilingual_ner.py result measuring it (in order; repeatable)")
-    p.add_argument("--into", default=None, help="result JSON that gets the `ablation` key")
+    p.add_argument("--into", default=None, help="result JSON that gets the rows under --key")
+    p.add_argument("--key", default="ablation", help="the key of --into the rows go under (default ablation)")
     return p.parse_args(argv)
 
 
@@ -42,7 +44,10 @@ def row(label: str, result: dict[str, Any], source: str) -> dict[str, Any]:
             "teacher_f1": macro["teacher"]["mean"], "student_f1": macro["student"]["mean"],
             "baseline_f1": macro["baseline"]["mean"], "retention_mean": result["retention_mean"],
             "retention_min": result["retention_min"], "compression": result["compression"],
-            "speedup": result["speedup"]["mean"], "params_student": result["params"]["student"],
+            # the median of every interleaved timing round where the result pools them (else the seeds' mean)
+            "speedup": (result.get("speedup_rounds") or {}).get("median", result["speedup"]["mean"]),
+            "speedup_range": [r["min"], r["max"]] if (r := result.get("speedup_rounds")) else None,
+            "params_student": result["params"]["student"],
             "teacher_run": result.get("teacher_run"),
             "decoding": result.get("protocol", {}).get("decoding", {}).get("test")}
 
@@ -58,6 +63,11 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def spread(r: dict[str, Any]) -> str:
+    lo_hi = r.get("speedup_range")
+    return f" ({lo_hi[0]:.1f}-{lo_hi[1]:.1f})" if lo_hi else ""
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| lever | teacher F1 | student F1 | retention (mean / min) | adds | compression | speed-up | seeds |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -66,7 +76,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         flag = (" (other teacher)" if not r["same_teacher"] else
                 f" ({r['decoding']} decoding)" if r.get("decoding") and r["decoding"] != rows[0].get("decoding") else "")
         lines.append(f"| {r['lever']} | {r['teacher_f1']:.3f}{flag} | {r['student_f1']:.3f} | {r['retention_mean']:.3f} / "
-                     f"{r['retention_min']:.3f} | {adds} | {r['compression']:.1f}x | {r['speedup']:.1f}x | {r['seeds']} |")
+                     f"{r['retention_min']:.3f} | {adds} | {r['compression']:.1f}x | {r['speedup']:.1f}x{spread(r)} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(rows)
     if args.into:
         into = Path(args.into)
-        data.write_json(into, {**json.loads(into.read_text()), "ablation": rows})
+        data.write_json(into, {**json.loads(into.read_text()), args.key: rows})
     print(markdown(rows))
     return 0
 

@@ -77,3 +77,22 @@ def test_the_teacher_is_compared_by_its_run_and_a_rescoring_names_its_decoding(t
     assert "| decoded (x=1) | 0.770 (constrained decoding) |" in proc.stdout
     assert "| retrained (x=1) | 0.758 (other teacher) |" in proc.stdout
     assert "| base (x=1) | 0.758 |" in proc.stdout
+
+
+def test_pooled_speed_rounds_and_another_key(tmp_path):
+    """A result that pools its timing rounds gives the row its median and range; --key writes the
+    rows beside `ablation`, which stays as it was."""
+    pooled = {**result(0.77, 0.72, 0.934), "speedup_rounds": {"median": 36.1, "min": 27.7, "max": 47.2, "n": 18}}
+    plain = result(0.77, 0.70, 0.924)
+    for name, res in (("pooled", pooled), ("plain", plain)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    into = tmp_path / "uner.json"
+    into.write_text(json.dumps({"ablation": [{"lever": "kept"}]}))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--row", f"plain={tmp_path / 'plain.json'}",
+                           "--row", f"pooled={tmp_path / 'pooled.json'}", "--into", str(into), "--key", "three_seeds"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(into.read_text())
+    assert written["ablation"] == [{"lever": "kept"}]
+    assert [(r["speedup"], r["speedup_range"]) for r in written["three_seeds"]] == [(68.0, None), (36.1, [27.7, 47.2])]
+    assert "| 24.1x | 36.1x (27.7-47.2) | 3 |" in proc.stdout and "| 24.1x | 68.0x | 3 |" in proc.stdout

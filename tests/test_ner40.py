@@ -228,6 +228,7 @@ def test_the_benchmark_table_and_plot_on_a_synthetic_three_language_run(tmp_path
                               vocab={"size": 900, "teacher_vocab_size": 250002, "max_vocab": 900, "min_count": 1,
                                      "counted_on": "train + transfer"})
         return {**per, "languages": ["aa", "bb", "cc"], "compression": 40.0, "speedup": 50.0, "speedup_onnx": 60.0,
+                "speedup_rounds": {"rounds": [40.0 + seed, 50.0, 60.0 * seed]},
                 "params": {"student": 2_000_000, "teacher": 80_000_000},
                 "throughput": {"teacher": 10.0, "student": 500.0}}
 
@@ -236,11 +237,16 @@ def test_the_benchmark_table_and_plot_on_a_synthetic_three_language_run(tmp_path
     assert abs(summary["oov"]["aa"] - 0.015) < 1e-12 and summary["test_sentences"] == {"aa": 100, "bb": 101, "cc": 102}
     assert summary["retention_at_least_0_90"] == {"count": 2, "of": 3, "below": ["bb"]}
     assert summary["teacher_fails"] == ["cc"]
+    # six rounds pooled over the two seeds: 41, 50, 60, 42, 50, 120 -> median 50, the target read from it
+    assert summary["speedup_rounds"] == {"median": 50.0, "min": 41.0, "max": 120.0, "n": 6}
+    assert summary["speedup_onnx_rounds"] is None
+    assert [t["value"] for t in summary["targets"] if t["target"].startswith("speed-up")] == [50.0]
     md = multilingual_ner.markdown(summary).splitlines()
     rows = [line for line in md if line.startswith("| ") and not line.startswith(("| language", "| ---"))]
     assert [r.split(" | ")[0][2:] for r in rows] == ["cc", "bb", "aa", "macro"]
     assert rows[1] == "| bb | 0.700 ± 0.000 | 0.300 ± 0.000 | 0.560 ± 0.000 | 0.800 | 0.200 | 101 |"
     assert rows[-1].endswith("| 303 |")
+    assert any("Over all 6 interleaved timing rounds, median (min-max): torch 50.0x (41.0-120.0)." in line for line in md)
     assert any(line.startswith("Student vocabulary: 900 pieces of the teacher's 250,002 (student.max_vocab 900") for line in md)
     png = tmp_path / "ner3.png"
     drawn = plot_languages(summary, png)
