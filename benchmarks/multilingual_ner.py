@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -223,10 +224,7 @@ def pooled_rounds(reports: list[dict], key: str) -> dict[str, Any] | None:
     rounds = [r for rep in reports for r in (rep.get(key) or {}).get("rounds", [])]
     if not rounds:
         return None
-    ordered = sorted(rounds)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return {"median": median, "min": ordered[0], "max": ordered[-1], "n": len(rounds)}
+    return {"median": statistics.median(rounds), "min": min(rounds), "max": max(rounds), "n": len(rounds)}
 
 
 def summarise(records: dict[str, dict]) -> dict[str, Any]:
@@ -296,8 +294,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Student vocabulary: {vc['size']:,} pieces of the teacher's {vc['teacher_vocab_size']:,} (student.max_vocab "
                   f"{vc['max_vocab']}, min_count {vc['min_count']}, counted on {vc['counted_on']}); student "
                   f"{params['student']:,} parameters, teacher {params['teacher']:,}."]
-    rounds = [(name, summary.get(key)) for name, key in (("torch", "speedup_rounds"), ("ONNX", "speedup_onnx_rounds"))]
-    pooled = "; ".join(f"{name} {r['median']:.1f}x ({r['min']:.1f}-{r['max']:.1f})" for name, r in rounds if r)
+    rounds = [(name, r) for name, key in (("torch", "speedup_rounds"), ("ONNX", "speedup_onnx_rounds")) if (r := summary.get(key))]
+    pooled = "; ".join(f"{name} {r['median']:.1f}x ({r['min']:.1f}-{r['max']:.1f})" for name, r in rounds)
     lines += ["", f"Compression {summary['compression']:.1f}x; speed-up {fmt(summary['speedup'])}x "
               f"(ONNX {fmt(summary['speedup_onnx'])}x); {summary['seeds']} seeds."
               + (f" Over all {rounds[0][1]['n']} interleaved timing rounds, median (min-max): {pooled}." if pooled else ""),

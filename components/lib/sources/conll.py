@@ -73,7 +73,7 @@ def iter_conll(
             yield from iter_conll(copy, token_field, tag_field, where, encoding, digest, comments, tabs, dropped)
         return
     need = _min_fields(token_field, tag_field)
-    widest = 0  # words only (no tag field): the most fields a line of this file had so far
+    widest = 0  # the most fields a line of this file had so far
     words: list[str] = []
     tags: list[str] = []
     first = 0
@@ -99,9 +99,9 @@ def iter_conll(
                     yield ConllSentence(words, tags if tag_field is not None else None, first)
                 words, tags = [], []
                 continue
-            if tag_field is None:
-                widest = max(widest, len(fields))
-            if _empty_word(line, fields, need, token_field, tabs) or _tagless_empty_word(line, fields, widest, token_field, tabs):
+            widest = max(widest, len(fields))
+            # words only (MasakhaNER's ` O` read as unlabeled text): a line should have as many fields as earlier ones
+            if _empty_word(line, fields, need if tag_field is not None else widest, token_field, tabs):
                 if dropped is None:
                     raise DataError(f"{where}:{lineno}: the word is empty ({line.rstrip(chr(10) + chr(13))!r}); set "
                                     "data.conll_empty_words=drop to drop such lines (they are counted)")
@@ -125,12 +125,6 @@ def _empty_word(line: str, fields: list[str], need: int, token_field: int, tabs:
         return len(fields) >= need and not fields[token_field].strip()
     # ' O': split() sees one field; the leading separator says the missing one is the word
     return token_field == 0 and len(fields) == need - 1 and line[:1] in (" ", "\t")
-
-
-def _tagless_empty_word(line: str, fields: list[str], widest: int, token_field: int, tabs: bool) -> bool:
-    # words only, from a file with tags (MasakhaNER's ` O` read as unlabeled text): the leading
-    # separator and a field fewer than earlier lines say the word is missing, not that it is "O"
-    return not tabs and token_field == 0 and line[:1] in (" ", "\t") and len(fields) < widest
 
 
 class Layout(NamedTuple):
