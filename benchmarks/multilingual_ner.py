@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                           "teacher_model": records["finetune-teacher"]["result"]["registered"],
                           "teacher_run": records["finetune-teacher"]["result"]["mlflow_run_id"]})
     out.with_suffix(".md").write_text(markdown(summary))
-    plot_languages(summary, out.with_suffix(".png"))
+    plot_languages(summary, out.with_suffix(".png"), (1.0, RETENTION_MEAN_MIN, RETENTION_EACH_MIN), TEACHER_FAILS_BELOW)
     print(markdown(summary))
     return 0
 

@@ -13,9 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-RETENTION_LINES = (1.0, 0.95, 0.90)
-TEACHER_FAILS_BELOW = 0.5
-
 
 def points(summary: dict[str, Any]) -> list[tuple[str, float, float, float]]:
     """(lang, teacher F1, student F1, retention) per language, weakest retention first."""
@@ -24,8 +21,11 @@ def points(summary: dict[str, Any]) -> list[tuple[str, float, float, float]]:
     return sorted(rows, key=lambda r: (r[3], r[0]))
 
 
-def plot_languages(summary: dict[str, Any], path: Path, title: str | None = None) -> list[tuple[str, float, float, float]]:
-    """Write the scatter to path (PNG); returns the points drawn, as points() orders them."""
+def plot_languages(summary: dict[str, Any], path: Path, lines: tuple[float, float, float], fails_below: float,
+                   title: str | None = None) -> list[tuple[str, float, float, float]]:
+    """Write the scatter to path (PNG): `lines` the three retention lines drawn (the last one colours
+    the languages below it red), `fails_below` the teacher F1 under which the band is shaded (the
+    benchmark's targets, multilingual_ner.py). Returns the points drawn, as points() orders them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,18 +33,18 @@ def plot_languages(summary: dict[str, Any], path: Path, title: str | None = None
 
     drawn = points(summary)
     fig, ax = plt.subplots(figsize=(7.2, 6.4))
-    ax.axvspan(0, TEACHER_FAILS_BELOW, color="0.93", zorder=0, label=f"teacher F1 < {TEACHER_FAILS_BELOW}")
+    ax.axvspan(0, fails_below, color="0.93", zorder=0, label=f"teacher F1 < {fails_below}")
     grid = [0.0, 1.0]
-    for r, style in zip(RETENTION_LINES, ("-", "--", ":"), strict=True):
+    for r, style in zip(lines, ("-", "--", ":"), strict=True):
         ax.plot(grid, [r * g for g in grid], style, color="0.4", lw=1, label=f"student = {r:.2f} x teacher")
-    low = [p for p in drawn if p[3] < RETENTION_LINES[-1]]
-    ok = [p for p in drawn if p[3] >= RETENTION_LINES[-1]]
-    for group, colour, name in ((ok, "tab:blue", "retention >= 0.90"), (low, "tab:red", "retention < 0.90")):
+    low = [p for p in drawn if p[3] < lines[-1]]
+    ok = [p for p in drawn if p[3] >= lines[-1]]
+    for group, colour, name in ((ok, "tab:blue", f"retention >= {lines[-1]:.2f}"), (low, "tab:red", f"retention < {lines[-1]:.2f}")):
         if group:
             ax.scatter([p[1] for p in group], [p[2] for p in group], s=22, color=colour, zorder=3, label=name)
     for lang, teacher, student, retention in drawn:
         ax.annotate(lang, (teacher, student), xytext=(3, 2), textcoords="offset points", fontsize=7,
-                    color="tab:red" if retention < RETENTION_LINES[-1] else "0.15")
+                    color="tab:red" if retention < lines[-1] else "0.15")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="a multilingual_ner.py result JSON")
     args = parser.parse_args(argv)
-    plot_languages(json.loads(args.result.read_text()), args.result.with_suffix(".png"))
+    from multilingual_ner import RETENTION_EACH_MIN, RETENTION_MEAN_MIN, TEACHER_FAILS_BELOW
+
+    plot_languages(json.loads(args.result.read_text()), args.result.with_suffix(".png"),
+                   (1.0, RETENTION_MEAN_MIN, RETENTION_EACH_MIN), TEACHER_FAILS_BELOW)
     print(f"wrote {args.result.with_suffix('.png')}")
     return 0
 

@@ -249,7 +249,8 @@ def test_the_benchmark_table_and_plot_on_a_synthetic_three_language_run(tmp_path
     assert any("Over all 6 interleaved timing rounds, median (min-max): torch 50.0x (41.0-120.0)." in line for line in md)
     assert any(line.startswith("Student vocabulary: 900 pieces of the teacher's 250,002 (student.max_vocab 900") for line in md)
     png = tmp_path / "ner3.png"
-    drawn = plot_languages(summary, png)
+    drawn = plot_languages(summary, png, (1.0, multilingual_ner.RETENTION_MEAN_MIN, multilingual_ner.RETENTION_EACH_MIN),
+                           multilingual_ner.TEACHER_FAILS_BELOW)
     assert [p[0] for p in drawn] == ["bb", "cc", "aa"]  # weakest retention first
     assert abs(drawn[0][3] - 0.8) < 1e-12
     image = matplotlib.image.imread(png)
