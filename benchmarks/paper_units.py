@@ -86,10 +86,15 @@ def unit_config(base, args, budget: int, seed: int, unit_dir: Path):
 
 # Settings that change no result: left out of the fingerprints so e.g. --threads keeps done units.
 _IRRELEVANT = {"output_dir", "num_threads"}
+# Settings added after units were recorded: left out while at their default (which behaves as before
+# the setting existed), so those units stay done.
+_ADDED = {"teacher": {"group_by_length": False}}
 
 
 def _section(cfg, name: str) -> dict:
-    return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items() if k not in _IRRELEVANT}
+    added = _ADDED.get(name, {})
+    return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items()
+            if k not in _IRRELEVANT and not (k in added and v == added[k])}
 
 
 def step_keys(cfg, test_rows: int | None, modes: list[str], test_exclude: int = 0) -> dict[str, dict]:

@@ -125,6 +125,7 @@ class TeacherConfig(Strict):
     max_length: int = Field(128, ge=8, le=8192, description="tokens per example for training and scoring")
     keep_tail: int = Field(0, ge=0, description="sequence classification: of a text longer than max_length keep its LAST keep_tail pieces and the first max_length - keep_tail - specials (head+tail truncation, Sun et al. 2019), in fine-tuning, dev and test scoring; 0 keeps the first pieces")
     patience: int = Field(3, ge=1, description="epochs without dev improvement before stopping")
+    group_by_length: bool = Field(False, description="batch training examples of similar length together (transformers' LengthGroupedSampler: a random order, then each run of 50 batches sorted by length): on mixed-length sentences ~2.3x fewer padded tokens per step (40-language NER: 2.32 -> 1.03 computed per real token); a different example order than random batches, so a different teacher")
     seed: int = Field(13, ge=0, description="training seed")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None leaves torch's default")
     output_dir: str | None = Field(None, description="fine-tuned model dir (default <work_dir>/teacher)")

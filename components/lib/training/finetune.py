@@ -143,6 +143,7 @@ def fit(cfg: PipelineConfig, model, tokenizer, train_ds, dev_ds, collator, compu
         num_train_epochs=tc.epochs,
         per_device_train_batch_size=tc.batch_size,
         per_device_eval_batch_size=max(tc.batch_size, 32),
+        train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
         gradient_accumulation_steps=tc.grad_accum,
         warmup_steps=tc.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=tc.weight_decay,
