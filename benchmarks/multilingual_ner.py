@@ -49,7 +49,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from paper_units import machine, mean_std, run_unit  # noqa: E402
+from paper_units import machine, mean_std, run_unit, section  # noqa: E402
 from plot_languages import plot_languages  # noqa: E402
 
 log = logging.getLogger("multilingual_ner")
@@ -107,11 +107,6 @@ def base_config(args: argparse.Namespace, work: Path):
     threads = [f"{s}.num_threads={args.threads}" for s in ("teacher", "transfer", "student", "evaluate")] if args.threads else []
     cfg = load_config(args.config, [*threads, *args.overrides])
     return cfg.with_overrides({**dirs, "work_dir": str(work), "tracking.uri": cfg.tracking.uri or f"sqlite:///{work}/mlflow.db"})
-
-
-def section(cfg, name: str) -> dict:
-    """A config section without the keys that never change a number."""
-    return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items() if k not in ("output_dir", "num_threads")}
 
 
 def register_teacher(cfg, model_uri: str) -> str:

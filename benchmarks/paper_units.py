@@ -74,8 +74,8 @@ def unit_config(base, args, budget: int, seed: int, unit_dir: Path):
         if getattr(args, arg) is not None:
             o[key] = getattr(args, arg)
     if args.threads:
-        for section in ("teacher", "transfer", "student", "evaluate", "export"):
-            o[f"{section}.num_threads"] = args.threads
+        for name in ("teacher", "transfer", "student", "evaluate", "export"):
+            o[f"{name}.num_threads"] = args.threads
     if args.no_tracking:
         o["tracking.enabled"] = False
     for item in args.overrides:
@@ -91,7 +91,8 @@ _IRRELEVANT = {"output_dir", "num_threads"}
 _ADDED = {"teacher": {"group_by_length": False}}
 
 
-def _section(cfg, name: str) -> dict:
+def section(cfg, name: str) -> dict:
+    """A config section without the keys that never change a number (nor added ones at their default)."""
     added = _ADDED.get(name, {})
     return {k: v for k, v in getattr(cfg, name).model_dump(mode="json").items()
             if k not in _IRRELEVANT and not (k in added and v == added[k])}
@@ -99,14 +100,14 @@ def _section(cfg, name: str) -> dict:
 
 def step_keys(cfg, test_rows: int | None, modes: list[str], test_exclude: int = 0) -> dict[str, dict]:
     """What each step's result depends on; a step's key includes its inputs' keys."""
-    prepare = {"data": _section(cfg, "data"), "task": cfg.task.value}
-    teacher = {**prepare, "teacher": _section(cfg, "teacher")}
-    pseudo = {**teacher, "transfer": _section(cfg, "transfer")}
+    prepare = {"data": section(cfg, "data"), "task": cfg.task.value}
+    teacher = {**prepare, "teacher": section(cfg, "teacher")}
+    pseudo = {**teacher, "transfer": section(cfg, "transfer")}
     keys = {"prepare-data": prepare, "finetune-teacher": teacher, "pseudo-label": pseudo}
-    student = {k: v for k, v in _section(cfg, "student").items() if k != "mode"}
+    student = {k: v for k, v in section(cfg, "student").items() if k != "mode"}
     for mode in modes:
         keys[f"distill-{KEY[mode]}"] = {**pseudo, "student": student, "mode": mode}
-    keys["evaluate"] = {**pseudo, "student": student, "modes": modes, "evaluate": _section(cfg, "evaluate"),
+    keys["evaluate"] = {**pseudo, "student": student, "modes": modes, "evaluate": section(cfg, "evaluate"),
                         "test_rows": test_rows, **({"test_exclude": test_exclude} if test_exclude else {})}
     return keys
 

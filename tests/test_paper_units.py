@@ -16,7 +16,7 @@ import numpy as np
 from tests.helpers import write_tiny_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paper_units import subsample_test  # noqa: E402
+from paper_units import section, subsample_test  # noqa: E402
 
 
 def _ids_and_labels(d: Path) -> tuple[set[str], np.ndarray]:
@@ -41,3 +41,13 @@ def test_full_preset_subsample_is_disjoint_from_the_quick_one(tmp_path):
     # fixed: the same call gives the same rows; without exclude the quick sample is unchanged
     assert _ids_and_labels(subsample_test(src, tmp_path / "again", 30, exclude=12))[0] == full_ids
     assert _ids_and_labels(subsample_test(src, tmp_path / "quick2", 12))[0] == quick_ids
+
+
+def test_a_setting_added_later_leaves_fingerprints_alone_at_its_default():
+    """Units recorded before teacher.group_by_length existed stay done while it is off; on, it keys."""
+    from components.lib.settings.config import PipelineConfig
+
+    off = section(PipelineConfig.model_validate({"teacher": {"epochs": 3}}), "teacher")
+    on = section(PipelineConfig.model_validate({"teacher": {"epochs": 3, "group_by_length": True}}), "teacher")
+    assert "group_by_length" not in off and on == {**off, "group_by_length": True}
+    assert "output_dir" not in off and "num_threads" not in off and off["epochs"] == 3
