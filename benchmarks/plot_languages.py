@@ -25,7 +25,7 @@ def plot_languages(summary: dict[str, Any], path: Path, lines: tuple[float, floa
                    title: str | None = None) -> list[tuple[str, float, float, float]]:
     """Write the scatter to path (PNG): `lines` the three retention lines drawn (the last one colours
     the languages below it red), `fails_below` the teacher F1 under which the band is shaded (the
-    benchmark's targets, multilingual_ner.py). Returns the points drawn, as points() orders them."""
+    benchmark's targets, ner_targets.py). Returns the points drawn, as points() orders them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="a multilingual_ner.py result JSON")
     args = parser.parse_args(argv)
-    from multilingual_ner import RETENTION_EACH_MIN, RETENTION_MEAN_MIN, TEACHER_FAILS_BELOW
+    from ner_targets import RETENTION_EACH_MIN, RETENTION_MEAN_MIN, TEACHER_FAILS_BELOW
 
     plot_languages(json.loads(args.result.read_text()), args.result.with_suffix(".png"),
                    (1.0, RETENTION_MEAN_MIN, RETENTION_EACH_MIN), TEACHER_FAILS_BELOW)
