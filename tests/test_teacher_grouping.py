@@ -1,6 +1,7 @@
 """teacher.group_by_length (lib/training/finetune.fit): the Trainer's batches of mixed-length
 sentences are formed of similar lengths, so far fewer padded tokens are computed, over the same
-examples; off (the default) keeps random batches."""
+examples; off (the default) keeps random batches. Either way the dev pass keeps dev's order
+(transformers 5 would group it by length too, and dev metrics read gold by index)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,16 @@ def _train_batches(tmp_path, tiny_bert_dir, grouped: bool) -> list[tuple[int, in
         "work_dir": str(tmp_path), "tracking": {"enabled": False},
         "teacher": {"model": str(tiny_bert_dir), "epochs": 1, "batch_size": 8, "num_threads": 1,
                     "group_by_length": grouped}})
-    F.fit(cfg, model, tok, _data(tok, 400, 1), _data(tok, 16, 2), DataCollatorForTokenClassification(tok),
-          lambda pred: {"accuracy": 0.0}, ["accuracy"], tmp_path / "ckpt", "fingerprint")
+    dev = _data(tok, 48, 2)
+
+    def in_dev_order(pred) -> dict[str, float]:
+        """1.0 when the dev predictions come back in dev's order (compute_metrics reads gold by index)."""
+        got = [[x for x in row if x != -100] for row in pred.label_ids.tolist()]
+        return {"accuracy": float(got == [[x for x in row if x != -100] for row in dev["labels"]])}
+
+    _, history, _, _ = F.fit(cfg, model, tok, _data(tok, 400, 1), dev, DataCollatorForTokenClassification(tok),
+                             in_dev_order, ["accuracy"], tmp_path / "ckpt", "fingerprint")
+    assert history[1]["dev_accuracy"] == 1.0, "the Trainer's dev pass reordered the dev set"
     return seen
 
 
