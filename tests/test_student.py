@@ -251,3 +251,24 @@ def test_the_student_is_an_encoder_under_a_head(task):
     assert projected.shape == logits.shape[:-1] + (8,)
     model.train()
     assert model.training and model.encoder.training and model.head.training and model.head.out.dropout.training
+
+
+def test_logits_at_equals_the_full_logits_at_those_pieces():
+    """The tagger's inference path (student_io.predict_word_logits) runs the head on the first pieces
+    only: the same numbers as every piece's logits picked there; a classifier refuses it."""
+    torch.manual_seed(0)
+    arch = StudentArch(vocab_size=50, embed_dim=12, hidden=10, layers=2, dropout=0.1, repr_dim=8, num_labels=3,
+                       task="token-classification")
+    model = BiLSTMStudent(arch).eval()
+    ids = torch.randint(2, 50, (3, 7))
+    mask = (torch.arange(7)[None] < torch.tensor([7, 4, 1])[:, None]).long()
+    rows, cols = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([1, 3, 6, 0, 3, 0])
+    with torch.no_grad():
+        full = model.logits(ids, mask)
+        at = model.logits_at(ids, mask, rows, cols)
+        none = model.logits_at(ids, mask, rows[:0], cols[:0])
+    assert at.shape == (6, 3) and none.shape == (0, 3)
+    torch.testing.assert_close(at, full[rows, cols], rtol=0, atol=1e-6)
+    seq = BiLSTMStudent(StudentArch(vocab_size=50, embed_dim=12, hidden=10, layers=1, dropout=0.1, repr_dim=8, num_labels=3))
+    with pytest.raises(ValueError, match="token-classification"):
+        seq.logits_at(ids, mask, rows, cols)

@@ -176,9 +176,12 @@ def predict_word_logits(student: LoadedStudent, sentences: Sequence[Sequence[str
     out: list[np.ndarray] = [np.zeros((0, student.arch.num_labels), np.float32)] * len(ids)
     for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
         batch_ids, mask = pad_batch([ids[i] for i in idx])
-        logits = student.model.logits(batch_ids, mask).float().numpy()  # (B, T, C)
-        for r, i in enumerate(idx):
-            out[i] = logits[r, firsts[i]]
+        counts = [len(firsts[i]) for i in idx]
+        rows = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
+        cols = torch.from_numpy(np.concatenate([firsts[i] for i in idx]).astype(np.int64))
+        logits = student.model.logits_at(batch_ids, mask, rows, cols).float().numpy()  # (sum(counts), C)
+        for i, part in zip(idx, np.split(logits, np.cumsum(counts)[:-1]), strict=True):
+            out[i] = part
     return out
 
 
