@@ -253,11 +253,13 @@ def test_the_student_is_an_encoder_under_a_head(task):
     assert model.training and model.encoder.training and model.head.training and model.head.out.dropout.training
 
 
-def test_logits_at_equals_the_full_logits_at_those_pieces():
-    """The tagger's inference path (student_io.predict_word_logits) runs the head on the first pieces
-    only: the same numbers as every piece's logits picked there; a classifier refuses it."""
+@pytest.mark.parametrize("layers", [1, 2])
+def test_logits_at_equals_the_full_logits_at_those_pieces(layers):
+    """The tagger's inference path (student_io.predict_word_logits) gathers the states at the first
+    pieces and runs the head there only: the same numbers as every piece's states and logits picked
+    there; a classifier refuses it."""
     torch.manual_seed(0)
-    arch = StudentArch(vocab_size=50, embed_dim=12, hidden=10, layers=2, dropout=0.1, repr_dim=8, num_labels=3,
+    arch = StudentArch(vocab_size=50, embed_dim=12, hidden=10, layers=layers, dropout=0.1, repr_dim=8, num_labels=3,
                        task="token-classification")
     model = BiLSTMStudent(arch).eval()
     ids = torch.randint(2, 50, (3, 7))
@@ -266,6 +268,8 @@ def test_logits_at_equals_the_full_logits_at_those_pieces():
     with torch.no_grad():
         full = model.logits(ids, mask)
         at = model.logits_at(ids, mask, rows, cols)
+        torch.testing.assert_close(model.encoder.states_at(ids, mask, rows, cols), model.encoder(ids, mask)[rows, cols],
+                                   rtol=0, atol=0)
         none = model.logits_at(ids, mask, rows[:0], cols[:0])
     assert at.shape == (6, 3) and none.shape == (0, 3)
     torch.testing.assert_close(at, full[rows, cols], rtol=0, atol=1e-6)

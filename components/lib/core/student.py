@@ -255,6 +255,16 @@ class BiLSTMEncoder(nn.Module):
         mask = attention_mask.bool()  # (B, T); real tokens first, pads at the end
         return self._layers(input_ids, mask, mask.long().sum(1), natural_last=True)
 
+    def states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                  cols: torch.Tensor) -> torch.Tensor:
+        """forward(...)[rows, cols]: the (N, 2H) states at N real positions, each direction gathered
+        where it lies (the top layer's backward states read reversed in place), so the whole (B, T, 2H)
+        is never reordered, concatenated or masked."""
+        mask = attention_mask.bool()
+        lengths = mask.long().sum(1)  # (B,)
+        h_f, h_b = self._layers(input_ids, mask, lengths, natural_last=False)
+        return torch.cat([h_f[rows, cols], h_b[rows, lengths[rows] - 1 - cols]], dim=-1)
+
     def max_pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, 2H) masked max-pool of the states.
 
@@ -343,11 +353,11 @@ class BiLSTMStudent(nn.Module):
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
                   cols: torch.Tensor) -> torch.Tensor:
         """A tagger's logits (N, C) at the N pieces (rows[n], cols[n]) alone (each word's first piece):
-        the head runs on those states, not on every piece and pad (a third to a half of its work at
-        batch 256). Equal to logits(...)[rows, cols]."""
+        the encoder's states are gathered there and the head runs on those alone, not on every piece
+        and pad. Equal to logits(...)[rows, cols]."""
         if not self.arch.per_token:
             raise ValueError("logits_at is for token-classification students")
-        return self.head.out(self.encoder(input_ids, attention_mask)[rows, cols])[0]
+        return self.head.out(self.encoder.states_at(input_ids, attention_mask, rows, cols))[0]
 
 
 class LogitsOnly(nn.Module):
