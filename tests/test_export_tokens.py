@@ -63,12 +63,16 @@ def test_tagger_onnx_parity_dynamic_axes_and_int8(student_fixture, request, tmp_
     path = export_onnx(st, tmp_path / "m.onnx", 17)
     sess = ort_session(path, 1)
     assert check_word_parity(st, sess, sents) <= 1e-4
-    # Dynamic batch and sequence: shapes never seen at export time give the torch numbers, per piece.
+    # Dynamic batch, sequence and words: shapes never seen at export time give the torch numbers at
+    # every piece asked for (the graph's rows/cols inputs: the head runs there alone).
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "rows", "cols"]
     for batch in (sents[:1], sents[:7], [sum(sents[:4], [])]):
         ids, mask = pad_batch(word_ids(st, batch)[0])
-        got = sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-        assert got.shape == (len(batch), ids.shape[1], len(NER_TAGS))
-        np.testing.assert_allclose(got, st.model.logits(ids, mask).detach().numpy(), atol=1e-4)
+        rows, cols = mask.nonzero(as_tuple=True)
+        got = sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                    "rows": rows.numpy(), "cols": cols.numpy()})[0]
+        assert got.shape == (int(mask.sum()), len(NER_TAGS))
+        np.testing.assert_allclose(got, st.model.logits(ids, mask)[rows, cols].detach().numpy(), atol=1e-4)
     ref = predict_word_logits(st, sents)
     for a, b in zip(onnx_predict_word_logits(sess, st, sents), ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
@@ -78,6 +82,29 @@ def test_tagger_onnx_parity_dynamic_axes_and_int8(student_fixture, request, tmp_
     q = quantize_int8(path, tmp_path / "m8.onnx")
     assert q.stat().st_size < path.stat().st_size
     assert onnx_f1(ort_session(q, 1), st, sents, gold, "constrained") >= f1 - 0.1
+
+
+def test_a_tagger_graph_exported_before_rows_and_cols_still_serves(tiny_tagger_dir, tmp_path):
+    """A model.onnx of an earlier export ((B, T, C) logits per piece, two inputs) gives the same
+    per-word logits through onnx_predict_word_logits and the parity check."""
+    from components.lib.core.student import LogitsOnly
+    from components.lib.models.student_io import encode, load_student, predict_word_logits
+    from components.lib.publish.onnx import check_word_parity, onnx_predict_word_logits, ort_session
+
+    st = load_student(tiny_tagger_dir)
+    ids, mask = encode(st, ["an example to trace", "a second, longer example"])
+    path = tmp_path / "old.onnx"
+    with torch.no_grad():
+        torch.onnx.export(LogitsOnly(st.model).eval(), (ids, mask), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"},
+                                        "logits": {0: "b", 1: "t"}})
+    sess = ort_session(path, 1)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    sents = make_ner_sentences(12, seed=4)[0]
+    assert check_word_parity(st, sess, sents) <= 1e-4
+    for a, b in zip(onnx_predict_word_logits(sess, st, sents), predict_word_logits(st, sents), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_tagger_parity_failure_is_loud(tiny_tagger_dir, tmp_path):

@@ -360,6 +360,19 @@ class BiLSTMStudent(nn.Module):
         return self.head.out(self.encoder.states_at(input_ids, attention_mask, rows, cols))[0]
 
 
+class LogitsAt(nn.Module):
+    """Wraps a tagger so torch.onnx.export sees logits_at(input_ids, attention_mask, rows, cols) -> (N, C)."""
+
+    def __init__(self, student: BiLSTMStudent):
+        super().__init__()
+        self.student = student
+        self.train(student.training)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                cols: torch.Tensor) -> torch.Tensor:
+        return self.student.logits_at(input_ids, attention_mask, rows, cols)
+
+
 class LogitsOnly(nn.Module):
     """Wraps a student so torch.onnx.export / tracing sees a single (B, C) output."""
 

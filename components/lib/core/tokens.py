@@ -116,6 +116,34 @@ def gather_words(piece_values: np.ndarray, first_piece: np.ndarray) -> np.ndarra
     return piece_values[fp]
 
 
+def first_pieces_index(firsts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A batch's first-piece positions, flat: rows (N,) and cols (N,) int64 (row r, position
+    firsts[r][w]) and the words per row; what a tagger's head reads (BiLSTMStudent.logits_at and
+    the exported graph's rows/cols inputs). split_words undoes the flattening."""
+    counts = [len(f) for f in firsts]
+    rows = np.repeat(np.arange(len(firsts), dtype=np.int64), counts)
+    cols = np.concatenate([np.asarray(f, dtype=np.int64) for f in firsts]) if firsts else np.zeros(0, np.int64)
+    return rows, cols, counts
+
+
+def split_words(flat: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """(N, C) per-word outputs of a batch -> one (counts[r], C) array per row."""
+    return np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+WORD_GRAPH_INPUTS = ("rows", "cols")
+
+
+def graph_word_logits(session, ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, C) logits at (rows, cols) from an exported tagger's ONNX Runtime session: a graph with the
+    rows/cols inputs computes the head there alone; one exported before them, whose logits are
+    (B, T, C) per piece, is indexed there (the same numbers)."""
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if set(WORD_GRAPH_INPUTS) <= {i.name for i in session.get_inputs()}:
+        return session.run(["logits"], {**feeds, "rows": rows, "cols": cols})[0]
+    return session.run(["logits"], feeds)[0][rows, cols]
+
+
 def entity_type(tag: str) -> tuple[str, str]:
     """'B-PER' -> ('B', 'PER'); 'O' -> ('O', ''); also accepts IOBES prefixes and PER without a prefix."""
     if tag.upper() == "O" or not tag:

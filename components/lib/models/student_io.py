@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from components.lib.core.errors import UserError
 from components.lib.core.student import BiLSTMStudent, StudentArch, VocabMap
+from components.lib.core.tokens import first_pieces_index, split_words
 from components.lib.core.torch_utils import count_parameters, length_batches
 from components.lib.core.truncation import tokenize_truncated
 
@@ -176,11 +177,9 @@ def predict_word_logits(student: LoadedStudent, sentences: Sequence[Sequence[str
     out: list[np.ndarray] = [np.zeros((0, student.arch.num_labels), np.float32)] * len(ids)
     for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
         batch_ids, mask = pad_batch([ids[i] for i in idx])
-        counts = [len(firsts[i]) for i in idx]
-        rows = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
-        cols = torch.from_numpy(np.concatenate([firsts[i] for i in idx]).astype(np.int64))
-        logits = student.model.logits_at(batch_ids, mask, rows, cols).float().numpy()  # (sum(counts), C)
-        for i, part in zip(idx, np.split(logits, np.cumsum(counts)[:-1]), strict=True):
+        rows, cols, counts = first_pieces_index([firsts[i] for i in idx])
+        logits = student.model.logits_at(batch_ids, mask, torch.from_numpy(rows), torch.from_numpy(cols))  # (N, C)
+        for i, part in zip(idx, split_words(logits.float().numpy(), counts), strict=True):
             out[i] = part
     return out
 

@@ -28,15 +28,20 @@ class ParityError(RuntimeError):
 
 
 def export_onnx(student, path: Path, opset: int) -> Path:
-    """The student's logits(input_ids, attention_mask) -> (B, C) as ONNX, batch and sequence dynamic
-    (a token-classification student's (B, T, C) logits get the dynamic sequence axis too)."""
+    """The student's logits(input_ids, attention_mask) -> (B, C) as ONNX, batch and sequence dynamic;
+    a tagger's graph is logits_at(input_ids, attention_mask, rows, cols) -> (N, C), the N words dynamic."""
     import torch
 
-    from components.lib.core.student import LogitsOnly
+    from components.lib.core.student import LogitsAt, LogitsOnly
+    from components.lib.core.tokens import WORD_GRAPH_INPUTS
     from components.lib.models.student_io import encode
 
     ids, mask = encode(student, ["an example to trace", "a second, longer example to trace the graph with"])
-    wrapper = LogitsOnly(student.model).eval()
+    per_token = student.arch.per_token
+    # A tagger's graph takes the first pieces' (row, position) and computes the head there alone.
+    args, names = ((ids, mask, *mask.nonzero(as_tuple=True)), [*INPUT_NAMES, *WORD_GRAPH_INPUTS]) if per_token \
+        else ((ids, mask), INPUT_NAMES)
+    wrapper = (LogitsAt if per_token else LogitsOnly)(student.model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and this graph
     # (LSTMs over a gathered, length-reversed input) exports cleanly the classic way.
@@ -45,11 +50,13 @@ def export_onnx(student, path: Path, opset: int) -> Path:
         # the tests run other batch and sequence sizes through the graph.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*variable length with LSTM.*")
+        # A tagger's rows/cols gather: the exporter warns for negative indices, which none of its are
+        # (rows, first-piece positions and lengths - 1 - position all >= 0).
+        warnings.filterwarnings("ignore", message=".*advanced indexing.*")
+        words = {"rows": {0: "words"}, "cols": {0: "words"}, "logits": {0: "words"}} if per_token else {"logits": {0: "batch"}}
         torch.onnx.export(
-            wrapper, (ids, mask), str(path), dynamo=False, opset_version=opset,
-            input_names=INPUT_NAMES, output_names=["logits"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "logits": {0: "batch", 1: "sequence"} if student.arch.per_token else {0: "batch"}},
+            wrapper, args, str(path), dynamo=False, opset_version=opset, input_names=names, output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, **words},
         )
     import onnx
 
@@ -138,6 +145,7 @@ def try_int8(fp32: Path, out: Path, cfg: PipelineConfig, *, metric: str, label: 
 def onnx_predict_word_logits(session, student, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[np.ndarray]:
     """Pre-split sentences -> per sentence (n_covered, C) logits from ONNX Runtime, aligned exactly
     as student_io.predict_word_logits (first piece of each covered word)."""
+    from components.lib.core.tokens import first_pieces_index, graph_word_logits, split_words
     from components.lib.core.torch_utils import length_batches
     from components.lib.models.student_io import pad_batch, word_ids
 
@@ -145,9 +153,10 @@ def onnx_predict_word_logits(session, student, sentences: Sequence[Sequence[str]
     out = [np.zeros((0, len(student.label_names)), np.float32)] * len(ids)
     for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
         batch, mask = pad_batch([ids[i] for i in idx])  # (B, T) int64 each
-        logits = session.run(["logits"], {"input_ids": batch.numpy(), "attention_mask": mask.numpy()})[0]  # (B, T, C)
-        for r, i in enumerate(idx):
-            out[i] = logits[r, firsts[i]]
+        rows, cols, counts = first_pieces_index([firsts[i] for i in idx])
+        logits = graph_word_logits(session, batch.numpy(), mask.numpy(), rows, cols)  # (N, C)
+        for i, part in zip(idx, split_words(logits, counts), strict=True):
+            out[i] = part
     return out
 
 
@@ -156,18 +165,17 @@ def check_word_parity(student, session, sentences: Sequence[Sequence[str]], batc
     ParityError past 1e-4 or on any per-word argmax difference."""
     import torch
 
+    from components.lib.core.tokens import first_pieces_index, graph_word_logits
     from components.lib.models.student_io import pad_batch, word_ids
 
     ids, firsts = word_ids(student, sentences)
     worst = 0.0
     for lo in range(0, len(ids), batch_size):
         batch, mask = pad_batch(ids[lo : lo + batch_size])
+        rows, cols, _ = first_pieces_index(firsts[lo : lo + batch_size])  # only what is read
         with torch.inference_mode():
-            ref = student.model.logits(batch, mask).float().numpy()  # (B, T, C)
-        got = session.run(["logits"], {"input_ids": batch.numpy(), "attention_mask": mask.numpy()})[0]
-        rows = range(len(batch))
-        ref_w = np.concatenate([ref[r, firsts[lo + r]] for r in rows])  # (words, C): only what is read
-        got_w = np.concatenate([got[r, firsts[lo + r]] for r in rows])
+            ref_w = student.model.logits_at(batch, mask, torch.from_numpy(rows), torch.from_numpy(cols)).float().numpy()
+        got_w = graph_word_logits(session, batch.numpy(), mask.numpy(), rows, cols)  # (words, C)
         diff = float(np.abs(ref_w - got_w).max()) if len(ref_w) else 0.0
         worst = max(worst, diff)
         flips = int((ref_w.argmax(-1) != got_w.argmax(-1)).sum()) if len(ref_w) else 0

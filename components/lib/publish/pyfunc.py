@@ -150,16 +150,21 @@ class StudentTokenTagger(StudentTextClassifier):
 
     def word_logits(self, sentences: list[list[str]]) -> list[np.ndarray]:
         """Pre-split sentences -> per sentence (n_covered, C) float32 logits at each word's first piece."""
-        from components.lib.core.tokens import encode_words
+        from components.lib.core.tokens import (
+            encode_words,
+            first_pieces_index,
+            graph_word_logits,
+            split_words,
+        )
 
         enc = encode_words(self.tokenizer, sentences, self.max_length)
         seqs = [self.table[ids] for ids in enc.input_ids]
         firsts = [enc.first_piece[i][: enc.covered(i)] for i in range(len(seqs))]
         out = [np.zeros((0, len(self.label_names)), np.float32)] * len(seqs)
         for idx, ids, mask in padded_batches(seqs, self.batch_size):
-            logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]  # (B, T, C)
-            for row, i in enumerate(idx):
-                out[i] = logits[row, firsts[i]]
+            rows, cols, counts = first_pieces_index([firsts[i] for i in idx])
+            for i, part in zip(idx, split_words(graph_word_logits(self.session, ids, mask, rows, cols), counts), strict=True):
+                out[i] = part
         return out
 
     def tag(self, texts: list[str]) -> tuple[list[list[dict]], list[list[str]]]:
