@@ -369,7 +369,7 @@ def shutdown(server: Server, grace_s: float = GRACE_S, hurry: threading.Event | 
     drained = True
     if server.alive():
         # A metrics read that fails (MLServer's loop busy parsing a large body) is not "none in flight".
-        drained = _wait(lambda: in_flight(server) == 0 or not server.alive() or not server.metrics_url, deadline, hurry)
+        drained = _wait(lambda: not server.metrics_url or not server.alive() or in_flight(server) == 0, deadline, hurry)
         if server.alive():
             server.proc.send_signal(signal.SIGTERM)
             term_deadline = max(deadline, time.monotonic() + min(TERM_S, grace_s))

@@ -360,27 +360,18 @@ class BiLSTMStudent(nn.Module):
         return self.head.out(self.encoder.states_at(input_ids, attention_mask, rows, cols))[0]
 
 
-class LogitsAt(nn.Module):
-    """Wraps a tagger so torch.onnx.export sees logits_at(input_ids, attention_mask, rows, cols) -> (N, C)."""
-
-    def __init__(self, student: BiLSTMStudent):
-        super().__init__()
-        self.student = student
-        self.train(student.training)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor) -> torch.Tensor:
-        return self.student.logits_at(input_ids, attention_mask, rows, cols)
-
-
 class LogitsOnly(nn.Module):
-    """Wraps a student so torch.onnx.export / tracing sees a single (B, C) output."""
+    """Wraps a student so torch.onnx.export / tracing sees a single output: logits (B, C) (per piece
+    for a tagger), or, traced with rows and cols too, a tagger's logits_at (N, C)."""
 
     def __init__(self, student: BiLSTMStudent):
         super().__init__()
         self.student = student
         self.train(student.training)  # a fresh Module is in training mode; keep the student's mode
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.student.logits(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor | None = None,
+                cols: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            return self.student.logits(input_ids, attention_mask)
+        return self.student.logits_at(input_ids, attention_mask, rows, cols)
 

@@ -32,7 +32,7 @@ def export_onnx(student, path: Path, opset: int) -> Path:
     a tagger's graph is logits_at(input_ids, attention_mask, rows, cols) -> (N, C), the N words dynamic."""
     import torch
 
-    from components.lib.core.student import LogitsAt, LogitsOnly
+    from components.lib.core.student import LogitsOnly
     from components.lib.core.tokens import WORD_GRAPH_INPUTS
     from components.lib.models.student_io import encode
 
@@ -41,7 +41,7 @@ def export_onnx(student, path: Path, opset: int) -> Path:
     # A tagger's graph takes the first pieces' (row, position) and computes the head there alone.
     args, names = ((ids, mask, *mask.nonzero(as_tuple=True)), [*INPUT_NAMES, *WORD_GRAPH_INPUTS]) if per_token \
         else ((ids, mask), INPUT_NAMES)
-    wrapper = (LogitsAt if per_token else LogitsOnly)(student.model).eval()
+    wrapper = LogitsOnly(student.model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and this graph
     # (LSTMs over a gathered, length-reversed input) exports cleanly the classic way.
