@@ -131,6 +131,19 @@ def split_words(flat: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
+def word_outputs(batches, firsts: Sequence[np.ndarray], num_labels: int, forward) -> list[np.ndarray]:
+    """A tagger's per-sentence (n_covered, C) outputs at each word's first piece, batch by batch:
+    `batches` yields (sentence indices, ids, mask) and `forward(ids, mask, rows, cols)` returns the
+    (N, C) numpy outputs at those pieces (BiLSTMStudent.logits_at, or an exported graph through
+    graph_word_logits). Sentences no batch holds get (0, C)."""
+    out = [np.zeros((0, num_labels), np.float32)] * len(firsts)
+    for idx, ids, mask in batches:
+        rows, cols, counts = first_pieces_index([firsts[i] for i in idx])
+        for i, part in zip(idx, split_words(forward(ids, mask, rows, cols), counts), strict=True):
+            out[i] = part
+    return out
+
+
 WORD_GRAPH_INPUTS = ("rows", "cols")
 
 

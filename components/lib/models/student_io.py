@@ -19,14 +19,14 @@ from safetensors.torch import load_file, save_file
 
 from components.lib.core.errors import UserError
 from components.lib.core.student import BiLSTMStudent, StudentArch, VocabMap
-from components.lib.core.tokens import first_pieces_index, split_words
+from components.lib.core.tokens import word_outputs
 from components.lib.core.torch_utils import count_parameters, length_batches
 from components.lib.core.truncation import tokenize_truncated
 
 FORMAT = "distilflow-bilstm-student"
 __all__ = [
     "LoadedStudent", "save_student", "load_student", "encode", "predict_logits",
-    "tokenize_ids", "pad_batch", "word_ids", "predict_word_logits", "predict_tags",
+    "tokenize_ids", "pad_batch", "id_batches", "word_ids", "predict_word_logits", "predict_tags",
 ]
 
 
@@ -174,14 +174,17 @@ def predict_word_logits(student: LoadedStudent, sentences: Sequence[Sequence[str
         raise UserError(f"student ({student.arch.task}) is not a token-classification student")
     student.model.eval()
     ids, firsts = word_ids(student, sentences)
-    out: list[np.ndarray] = [np.zeros((0, student.arch.num_labels), np.float32)] * len(ids)
+
+    def forward(batch_ids, mask, rows, cols):
+        return student.model.logits_at(batch_ids, mask, torch.from_numpy(rows), torch.from_numpy(cols)).float().numpy()
+
+    return word_outputs(id_batches(ids, batch_size), firsts, student.arch.num_labels, forward)
+
+
+def id_batches(ids: Sequence[np.ndarray], batch_size: int):
+    """(sentence indices, padded ids, mask) over length-sorted batches of student id sequences."""
     for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
-        batch_ids, mask = pad_batch([ids[i] for i in idx])
-        rows, cols, counts = first_pieces_index([firsts[i] for i in idx])
-        logits = student.model.logits_at(batch_ids, mask, torch.from_numpy(rows), torch.from_numpy(cols))  # (N, C)
-        for i, part in zip(idx, split_words(logits.float().numpy(), counts), strict=True):
-            out[i] = part
-    return out
+        yield (idx, *pad_batch([ids[i] for i in idx]))
 
 
 def predict_tags(student: LoadedStudent, sentences: Sequence[Sequence[str]], batch_size: int = 256,

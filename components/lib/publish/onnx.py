@@ -145,19 +145,12 @@ def try_int8(fp32: Path, out: Path, cfg: PipelineConfig, *, metric: str, label: 
 def onnx_predict_word_logits(session, student, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[np.ndarray]:
     """Pre-split sentences -> per sentence (n_covered, C) logits from ONNX Runtime, aligned exactly
     as student_io.predict_word_logits (first piece of each covered word)."""
-    from components.lib.core.tokens import first_pieces_index, graph_word_logits, split_words
-    from components.lib.core.torch_utils import length_batches
-    from components.lib.models.student_io import pad_batch, word_ids
+    from components.lib.core.tokens import graph_word_logits, word_outputs
+    from components.lib.models.student_io import id_batches, word_ids
 
     ids, firsts = word_ids(student, sentences)
-    out = [np.zeros((0, len(student.label_names)), np.float32)] * len(ids)
-    for idx in length_batches(np.array([len(s) for s in ids]), batch_size):
-        batch, mask = pad_batch([ids[i] for i in idx])  # (B, T) int64 each
-        rows, cols, counts = first_pieces_index([firsts[i] for i in idx])
-        logits = graph_word_logits(session, batch.numpy(), mask.numpy(), rows, cols)  # (N, C)
-        for i, part in zip(idx, split_words(logits, counts), strict=True):
-            out[i] = part
-    return out
+    return word_outputs(id_batches(ids, batch_size), firsts, len(student.label_names),
+                        lambda b, m, rows, cols: graph_word_logits(session, b.numpy(), m.numpy(), rows, cols))
 
 
 def check_word_parity(student, session, sentences: Sequence[Sequence[str]], batch_size: int = 64) -> float:
