@@ -256,3 +256,19 @@ def test_the_benchmark_table_and_plot_on_a_synthetic_three_language_run(tmp_path
     assert abs(drawn[0][3] - 0.8) < 1e-12
     image = matplotlib.image.imread(png)
     assert image.shape[0] > 400 and image.shape[1] > 400
+
+
+def test_vocabulary_coverage_per_language_and_its_correlation_with_retention():
+    """benchmarks/vocab_coverage.py: distinct pieces, the kept share of them and of their occurrences
+    per language; Spearman of retention against OOV share (here perfectly opposite) and teacher F1."""
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from vocab_coverage import correlations, coverage
+
+    got = coverage({"aa": [[1, 2, 2], [2, 3]], "bb": [[7, 8, 9, 9]]}, kept={2, 3, 9})
+    assert got["aa"] == {"sentences": 2, "occurrences": 5, "distinct": 3, "kept_distinct": 2 / 3, "kept_occurrences": 4 / 5}
+    assert got["bb"]["distinct"] == 3 and got["bb"]["kept_distinct"] == 1 / 3 and got["bb"]["kept_occurrences"] == 2 / 4
+    result = {"languages": {lang: {"teacher": {"mean": t}} for lang, t in (("aa", 0.8), ("bb", 0.6), ("cc", 0.7), ("dd", 0.5))},
+              "retention": {"aa": 0.97, "bb": 0.9, "cc": 0.8, "dd": 0.6}, "oov": {"aa": 0.01, "bb": 0.05, "cc": 0.1, "dd": 0.3}}
+    c = correlations(result)
+    assert abs(c["oov"]["spearman_rho"] + 1.0) < 1e-12 and c["oov"]["languages"] == 4
+    assert abs(c["teacher_f1"]["spearman_rho"] - 0.8) < 1e-12  # ranks 4,2,3,1 vs 4,3,2,1
