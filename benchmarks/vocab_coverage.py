@@ -1,10 +1,13 @@
 """How well a multilingual student's trimmed vocabulary covers each language: per language, the
 distinct teacher pieces its train + transfer text uses, the share of them the student kept, and the
 share of piece occurrences they make up; with a multilingual_ner result, the Spearman correlation of
-each language's retention with its student OOV share and with its teacher F1.
+each language's retention with its student OOV share and with its teacher F1; with --sizes, the
+test-split OOV share per language a vocabulary of each size would leave, its pieces ranked by
+global frequency (what student.max_vocab does) or with every language's text weighted equally,
+and with every piece seen kept.
 
     python benchmarks/vocab_coverage.py --work-dir runs/bench_ner40 --seed 1 \\
-        --result benchmarks/results/ner40.json --out benchmarks/results/ner40_vocab.json
+        --result benchmarks/results/ner40.json --sizes 39998,46000 --out benchmarks/results/ner40_vocab.json
 """
 
 from __future__ import annotations
@@ -38,6 +41,58 @@ def coverage(pieces_by_lang: Mapping[str, Iterable[Sequence[int]]], kept: set[in
     return out
 
 
+def count_pieces(pieces_by_lang: Mapping[str, Iterable[Sequence[int]]]) -> dict[str, Counter[int]]:
+    """Occurrences of each piece per language."""
+    out: dict[str, Counter[int]] = {}
+    for lang, sentences in pieces_by_lang.items():
+        c: Counter[int] = Counter()
+        for ids in sentences:
+            c.update(ids)
+        out[lang] = c
+    return out
+
+
+def ranked(counts: Mapping[str, Counter[int]], weighting: str) -> list[int]:
+    """Every piece seen, best first: by total occurrences ("global"), or by the sum over languages
+    of its share of that language's occurrences ("equal", each language's text weighing the same);
+    ties by piece id."""
+    score: Counter[int] | dict[int, float]
+    if weighting == "global":
+        score = Counter()
+        for c in counts.values():
+            score.update(c)
+    elif weighting == "equal":
+        score = {}
+        for c in counts.values():
+            total = sum(c.values())
+            for i, v in c.items():
+                score[i] = score.get(i, 0.0) + v / total
+    else:
+        raise ValueError(f"weighting {weighting!r}: global or equal")
+    return [i for i, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def oov_shares(test_counts: Mapping[str, Counter[int]], kept: set[int]) -> dict[str, float]:
+    """Per language, the share of its test piece occurrences outside `kept`."""
+    return {lang: 1 - sum(v for i, v in c.items() if i in kept) / sum(c.values()) for lang, c in test_counts.items()}
+
+
+def what_if(counts: Mapping[str, Counter[int]], test_counts: Mapping[str, Counter[int]],
+            sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """Test OOV per language of each vocabulary size under both rankings, and of every piece seen."""
+    rows = []
+    orders = {w: ranked(counts, w) for w in ("global", "equal")}
+    for size in sizes:
+        for weighting, order in orders.items():
+            rows.append({"pieces": size, "ranking": weighting, "oov": oov_shares(test_counts, set(order[:size]))})
+    seen = orders["global"]
+    rows.append({"pieces": len(seen), "ranking": "every piece seen", "oov": oov_shares(test_counts, set(seen))})
+    for r in rows:
+        shares = list(r["oov"].values())
+        r.update(mean=sum(shares) / len(shares), max=max(shares), over_5_percent=sum(v > 0.05 for v in shares))
+    return rows
+
+
 def correlations(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Spearman rho and p of per-language retention against student OOV share and teacher F1."""
     from scipy.stats import spearmanr
@@ -58,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="whose soft+repr student's vocabulary (default 1)")
     p.add_argument("--result", default=None, help="the benchmark's result JSON, for the correlations")
     p.add_argument("--out", required=True, help="JSON to write")
+    p.add_argument("--sizes", default=None, help="vocabulary sizes (teacher pieces, specials aside) to try, comma-separated")
     args = p.parse_args(argv)
 
     import pandas as pd
@@ -74,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"work_dir": str(work), "student_vocab": len(vocab["teacher_ids"]),
                                "teacher_vocab": vocab["teacher_vocab_size"], "counted_on": "train + transfer",
                                "languages": coverage(pieces, set(vocab["teacher_ids"]))}
+    if args.sizes:
+        test = pd.read_parquet(work / "data" / "test.parquet", columns=["tokens", "lang"])
+        test_pieces = {lang: tokenizer([list(t) for t in g.tokens], is_split_into_words=True,
+                                       add_special_tokens=False)["input_ids"] for lang, g in test.groupby("lang")}
+        summary["what_if"] = what_if(count_pieces(pieces), count_pieces(test_pieces),
+                                     [int(x) for x in args.sizes.split(",")])
     if args.result:
         summary["correlations"] = correlations(json.loads(Path(args.result).read_text()))
     out = Path(args.out)
@@ -83,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     for lang, v in sorted(summary["languages"].items(), key=lambda kv: kv[1]["kept_occurrences"]):
         print(f"{lang:4s} {v['sentences']:6d} sentences {v['distinct']:6d} distinct pieces  "
               f"kept {v['kept_distinct']:.2f} of them, {v['kept_occurrences']:.3f} of occurrences")
+    for r in summary.get("what_if", []):
+        worst = max(r["oov"], key=r["oov"].get)
+        print(f"{r['pieces']:7d} pieces, {r['ranking']:16s}: test OOV mean {r['mean']:.3f}, max {r['max']:.3f} ({worst}), "
+              f"{r['over_5_percent']} languages over 5%")
     for name, c in summary.get("correlations", {}).items():
         print(f"retention vs {name}: Spearman {c['spearman_rho']:+.2f} (p {c['p']:.1e}, {c['languages']} languages)")
     return 0

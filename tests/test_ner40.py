@@ -272,3 +272,19 @@ def test_vocabulary_coverage_per_language_and_its_correlation_with_retention():
     c = correlations(result)
     assert abs(c["oov"]["spearman_rho"] + 1.0) < 1e-12 and c["oov"]["languages"] == 4
     assert abs(c["teacher_f1"]["spearman_rho"] - 0.8) < 1e-12  # ranks 4,2,3,1 vs 4,3,2,1
+
+
+def test_vocabulary_what_if_rankings():
+    """Equal weighting lets a small language's pieces in where global frequency passes them over."""
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from vocab_coverage import count_pieces, ranked, what_if
+
+    counts = count_pieces({"big": [[1, 1, 2, 2, 3, 3]] * 10, "small": [[7, 8]]})
+    assert ranked(counts, "global") == [1, 2, 3, 7, 8]
+    assert ranked(counts, "equal") == [7, 8, 1, 2, 3]  # each 1/2 of small's text against 1/3 of big's
+    test = count_pieces({"big": [[1, 2, 3]], "small": [[7, 8, 9]]})
+    rows = {(r["pieces"], r["ranking"]): r for r in what_if(counts, test, [2])}
+    assert rows[(2, "global")]["oov"] == pytest.approx({"big": 1 / 3, "small": 1.0})
+    assert rows[(2, "equal")]["oov"] == pytest.approx({"big": 1.0, "small": 1 / 3})
+    assert rows[(5, "every piece seen")]["oov"] == pytest.approx({"big": 0.0, "small": 1 / 3})
+    assert rows[(5, "every piece seen")]["max"] == pytest.approx(1 / 3)
