@@ -20,27 +20,6 @@ from pathlib import Path
 from typing import Any
 
 
-def coverage(pieces_by_lang: Mapping[str, Iterable[Sequence[int]]], kept: set[int]) -> dict[str, dict[str, float]]:
-    """Per language: sentences, piece occurrences, distinct pieces, kept_distinct (share of the
-    distinct pieces in `kept`) and kept_occurrences (share of the occurrences)."""
-    out: dict[str, dict[str, float]] = {}
-    for lang, sentences in pieces_by_lang.items():
-        counts: Counter[int] = Counter()
-        n = 0
-        for ids in sentences:
-            counts.update(ids)
-            n += 1
-        total = sum(counts.values())
-        out[lang] = {
-            "sentences": n,
-            "occurrences": total,
-            "distinct": len(counts),
-            "kept_distinct": sum(1 for i in counts if i in kept) / len(counts) if counts else 0.0,
-            "kept_occurrences": sum(v for i, v in counts.items() if i in kept) / total if total else 0.0,
-        }
-    return out
-
-
 def count_pieces(pieces_by_lang: Mapping[str, Iterable[Sequence[int]]]) -> dict[str, Counter[int]]:
     """Occurrences of each piece per language."""
     out: dict[str, Counter[int]] = {}
@@ -49,6 +28,22 @@ def count_pieces(pieces_by_lang: Mapping[str, Iterable[Sequence[int]]]) -> dict[
         for ids in sentences:
             c.update(ids)
         out[lang] = c
+    return out
+
+
+def coverage(counts: Mapping[str, Counter[int]], kept: set[int], sentences: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """Per language (counts from count_pieces): sentences, piece occurrences, distinct pieces,
+    kept_distinct (share of the distinct pieces in `kept`) and kept_occurrences (share of the occurrences)."""
+    out: dict[str, dict[str, float]] = {}
+    for lang, c in counts.items():
+        total = sum(c.values())
+        out[lang] = {
+            "sentences": sentences[lang],
+            "occurrences": total,
+            "distinct": len(c),
+            "kept_distinct": sum(1 for i in c if i in kept) / len(c) if c else 0.0,
+            "kept_occurrences": sum(v for i, v in c.items() if i in kept) / total if total else 0.0,
+        }
     return out
 
 
@@ -122,20 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir)
     vocab = json.loads((work / f"student-s{args.seed}" / "soft_repr" / "vocab.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(work / "teacher"))
+
+    def lang_pieces(frame):
+        return {lang: tokenizer([list(t) for t in g.tokens], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+                for lang, g in frame.groupby("lang")}
+
     rows = pd.concat([pd.read_parquet(work / "data" / f"{split}.parquet", columns=["tokens", "lang"])
                       for split in ("train", "transfer")])
-    pieces = {lang: tokenizer([list(t) for t in g.tokens], is_split_into_words=True,
-                              add_special_tokens=False)["input_ids"]
-              for lang, g in rows.groupby("lang")}
+    counts = count_pieces(lang_pieces(rows))
     summary: dict[str, Any] = {"work_dir": str(work), "student_vocab": len(vocab["teacher_ids"]),
                                "teacher_vocab": vocab["teacher_vocab_size"], "counted_on": "train + transfer",
-                               "languages": coverage(pieces, set(vocab["teacher_ids"]))}
+                               "languages": coverage(counts, set(vocab["teacher_ids"]), rows.groupby("lang").size().to_dict())}
     if args.sizes:
         test = pd.read_parquet(work / "data" / "test.parquet", columns=["tokens", "lang"])
-        test_pieces = {lang: tokenizer([list(t) for t in g.tokens], is_split_into_words=True,
-                                       add_special_tokens=False)["input_ids"] for lang, g in test.groupby("lang")}
-        summary["what_if"] = what_if(count_pieces(pieces), count_pieces(test_pieces),
-                                     [int(x) for x in args.sizes.split(",")])
+        summary["what_if"] = what_if(counts, count_pieces(lang_pieces(test)), [int(x) for x in args.sizes.split(",")])
     if args.result:
         summary["correlations"] = correlations(json.loads(Path(args.result).read_text()))
     out = Path(args.out)

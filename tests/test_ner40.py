@@ -262,9 +262,9 @@ def test_vocabulary_coverage_per_language_and_its_correlation_with_retention():
     """benchmarks/vocab_coverage.py: distinct pieces, the kept share of them and of their occurrences
     per language; Spearman of retention against OOV share (here perfectly opposite) and teacher F1."""
     sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    from vocab_coverage import correlations, coverage
+    from vocab_coverage import correlations, count_pieces, coverage
 
-    got = coverage({"aa": [[1, 2, 2], [2, 3]], "bb": [[7, 8, 9, 9]]}, kept={2, 3, 9})
+    got = coverage(count_pieces({"aa": [[1, 2, 2], [2, 3]], "bb": [[7, 8, 9, 9]]}), kept={2, 3, 9}, sentences={"aa": 2, "bb": 1})
     assert got["aa"] == {"sentences": 2, "occurrences": 5, "distinct": 3, "kept_distinct": 2 / 3, "kept_occurrences": 4 / 5}
     assert got["bb"]["distinct"] == 3 and got["bb"]["kept_distinct"] == 1 / 3 and got["bb"]["kept_occurrences"] == 2 / 4
     result = {"languages": {lang: {"teacher": {"mean": t}} for lang, t in (("aa", 0.8), ("bb", 0.6), ("cc", 0.7), ("dd", 0.5))},

@@ -150,13 +150,15 @@ class StudentTokenTagger(StudentTextClassifier):
 
     def word_logits(self, sentences: list[list[str]]) -> list[np.ndarray]:
         """Pre-split sentences -> per sentence (n_covered, C) float32 logits at each word's first piece."""
+        from functools import partial
+
         from components.lib.core.tokens import encode_words, graph_word_logits, word_outputs
 
         enc = encode_words(self.tokenizer, sentences, self.max_length)
         seqs = [self.table[ids] for ids in enc.input_ids]
         firsts = [enc.first_piece[i][: enc.covered(i)] for i in range(len(seqs))]
         return word_outputs(padded_batches(seqs, self.batch_size), firsts, len(self.label_names),
-                            lambda ids, mask, rows, cols: graph_word_logits(self.session, ids, mask, rows, cols))
+                            partial(graph_word_logits, self.session))
 
     def tag(self, texts: list[str]) -> tuple[list[list[dict]], list[list[str]]]:
         """Texts -> (entities per text, tag per word per text)."""
